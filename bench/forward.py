@@ -1,0 +1,59 @@
+"""Benchmark the model forward pass alone: eager vs channels_last vs frozen TorchScript.
+
+    python -m bench.forward [--threads 1] [--batch-sizes 1 8 16 32] [--seconds 3]
+
+Prints images/s per variant and batch size; the fastest variant is the serving default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from serve_app.classifier import Classifier
+from serve_app.settings import AppSettings
+
+
+def images_per_second(fn, batch: np.ndarray, seconds: float) -> float:
+    fn(batch)
+    fn(batch)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = {}
+    for optimize in ("eager", "torchscript"):
+        settings = AppSettings(model_name=args.model, optimize=optimize, num_threads=args.threads)
+        variants[optimize + "+channels_last"] = Classifier(settings).predict_uint8
+    plain = Classifier(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads))
+    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+
+    def contiguous(batch):
+        with torch.inference_mode():
+            x = plain.normalize(batch).contiguous()
+            return plain._forward(x)
+
+    variants["eager"] = contiguous
+    print(f"{'variant':28s}" + "".join(f"  bs={b:<5d}" for b in args.batch_sizes) + "  (images/s)")
+    for name, fn in variants.items():
+        row = [images_per_second(fn, np.random.randint(0, 255, (b, 224, 224, 3), np.uint8), args.seconds)
+               for b in args.batch_sizes]
+        print(f"{name:28s}" + "".join(f"  {v:8.1f}" for v in row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

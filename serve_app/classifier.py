@@ -1,0 +1,93 @@
+"""The torchvision classifier itself, independent of Ray: load, optimise, warm up, predict.
+
+Input is a batch of uint8 HWC images (what the ingress sends); normalisation is done here once for the
+whole batch as a single fused multiply-add on a channels_last view, so no per-image float tensor ever
+crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+
+from serve_app.settings import AppSettings
+from serve_app.weights import WeightsInfo, describe, load_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was configured but no CUDA device is available")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+class Classifier:
+    """A loaded, optimised and warmed-up model that maps image batches to class probabilities."""
+
+    def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] = (1, 8)):
+        started = time.perf_counter()
+        torch.set_num_threads(settings.num_threads)
+        self.device = resolve_device(settings.device)
+        self.info: WeightsInfo = describe(settings.model_name, settings.weights, settings.weights_sha256)
+        model = torchvision.models.get_model(
+            settings.model_name, weights=None, num_classes=len(self.info.categories)
+        )
+        model.load_state_dict(
+            load_state_dict(settings.model_name, settings.weights, settings.weights_sha256)
+        )
+        model.eval().to(self.device, memory_format=torch.channels_last)
+        crop = self.info.preprocessing.crop_size
+        self.input_shape = (3, crop, crop)
+        if settings.optimize == "torchscript":
+            example = torch.zeros((1, *self.input_shape), device=self.device)
+            example = example.contiguous(memory_format=torch.channels_last)
+            # torch.jit is deprecated in favour of torch.compile, but frozen TorchScript is still the
+            # fastest CPU forward measured here (bench/forward.py) and starts in seconds.
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(model, example, check_trace=False)
+                model = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        self.model = model
+        std = torch.tensor(self.info.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std  ==  x * scale + shift
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+        for size in warmup_batch_sizes:
+            for _ in range(2):  # the TorchScript profiling executor specialises on the 2nd run
+                self.predict_uint8(np.zeros((size, crop, crop, 3), np.uint8))
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s %s on %s in %.2fs", settings.model_name, self.info.version,
+                 self.device, self.load_seconds)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.categories)
+
+    def normalize(self, batch_nhwc: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC -> normalised float32 NCHW in channels_last memory (no layout copy)."""
+        x = torch.from_numpy(batch_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return torch.addcmul(self._shift, x.float(), self._scale)
+
+    @torch.inference_mode()
+    def predict_uint8(self, batch_nhwc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, num_classes)`` float32 for uint8 images ``(N, H, W, 3)``."""
+        return self._forward(self.normalize(batch_nhwc))
+
+    @torch.inference_mode()
+    def predict_normalized(self, batch_nchw: np.ndarray) -> np.ndarray:
+        """Class probabilities for already-normalised float32 input ``(N, 3, H, W)``."""
+        x = torch.from_numpy(batch_nchw).to(self.device).contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()

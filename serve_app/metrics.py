@@ -1,0 +1,80 @@
+"""Application metrics, exported through Ray's metrics agent beside the built-in ``ray_serve_*`` ones.
+
+Ray prefixes every name with ``ray_`` and adds the ``deployment``, ``replica`` and ``application``
+tags itself. Tags here are bounded: model name, route template, outcome/error code.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+# Measured on a 2-core x86 VM: decode+crop 1-10 ms for VGA-sized photos, ~40 ms for 12 MP JPEGs;
+# a mobilenet_v2 batch 10-300 ms. Buckets cover 1 ms .. 10 s.
+LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+BYTES_BUCKETS = [1 << 10, 1 << 13, 1 << 15, 1 << 17, 1 << 19, 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24]
+
+
+class IngressMetrics:
+    """Metrics recorded by the ingress/preprocessing deployment."""
+
+    def __init__(self) -> None:
+        self.images = Counter(
+            "classifier_images",
+            description="Images handled by the ingress, by model and outcome (ok or an error code).",
+            tag_keys=("model", "outcome"),
+        )
+        self.rejected = Counter(
+            "classifier_rejected_requests",
+            description="Requests answered with an error, by HTTP status and error code.",
+            tag_keys=("route", "status", "code"),
+        )
+        self.request_bytes = Histogram(
+            "classifier_request_bytes",
+            description="Size of request bodies received on prediction routes.",
+            boundaries=BYTES_BUCKETS,
+            tag_keys=("route",),
+        )
+        self.decode_seconds = Histogram(
+            "classifier_decode_seconds",
+            description="Time to decode, resize and crop one image.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model",),
+        )
+
+
+class ModelMetrics:
+    """Metrics recorded by the batched model deployment."""
+
+    def __init__(self, model: str) -> None:
+        self._tags = {"model": model}
+        self.batch_seconds = Histogram(
+            "classifier_batch_inference_seconds",
+            description="Model forward time for one batch (normalisation included).",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model",),
+        )
+        self.image_seconds = Histogram(
+            "classifier_image_inference_seconds",
+            description="Model forward time per image: batch time divided by batch size.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model",),
+        )
+        self.batch_size = Histogram(
+            "classifier_batch_size",
+            description="Number of images in each model batch.",
+            boundaries=BATCH_SIZE_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.ready = Gauge(
+            "classifier_model_ready",
+            description="1 when this replica's model is loaded and warmed up, else 0.",
+            tag_keys=("model",),
+        )
+        for metric in (self.batch_seconds, self.image_seconds, self.batch_size, self.ready):
+            metric.set_default_tags(dict(self._tags))
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.image_seconds.observe(seconds / size)

@@ -1,0 +1,83 @@
+"""The batched model deployment: one loaded classifier per replica behind ``@serve.batch``.
+
+Each call carries one image; Serve's batcher groups concurrent calls (from any ingress replica) into
+one forward pass. Batch size and wait are ``user_config`` and change live through ``reconfigure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+from ray import serve
+
+from serve_app.classifier import Classifier
+from serve_app.metrics import ModelMetrics
+from serve_app.settings import AppSettings, ModelTuning
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    name="ImageClassifier",
+    # Enough in-flight calls per replica to fill the largest batch twice (one running, one forming);
+    # Ray's default of 5 would cap every batch at 5.
+    max_ongoing_requests=64,
+    # Beyond this the caller gets BackPressureError at once, which the ingress answers with a 503.
+    max_queued_requests=256,
+    ray_actor_options={"num_cpus": 0.75},
+    health_check_period_s=10,
+)
+class ImageClassifier:
+    def __init__(self, settings: AppSettings):
+        self._metrics = ModelMetrics(settings.model_name)
+        self._metrics.ready.set(0)
+        self._classifier = Classifier(settings)
+        self._tuning = ModelTuning()
+        self._metrics.ready.set(1)
+
+    def reconfigure(self, user_config: dict) -> None:
+        tuning = ModelTuning.model_validate(user_config or {})
+        for method in (self.classify, self.classify_normalized):
+            method.set_max_batch_size(tuning.max_batch_size)
+            method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
+        if tuning != self._tuning:
+            log.info("model tuning now %s", tuning.model_dump())
+        self._tuning = tuning
+
+    def check_health(self) -> None:
+        # The constructor only returns once the model is loaded and warmed up, so a constructed
+        # replica is healthy; this still guards against a model torn down underneath us.
+        if self._classifier is None:
+            raise RuntimeError("model is not loaded")
+
+    def info(self) -> dict:
+        info = self._classifier.info
+        return {
+            "model": info.model_name,
+            "model_version": info.version,
+            "device": str(self._classifier.device),
+            "num_classes": self._classifier.num_classes,
+            "load_seconds": round(self._classifier.load_seconds, 3),
+            "tuning": self._tuning.model_dump(),
+        }
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 ``(H, W, 3)`` images -> float32 class probabilities, one row per image."""
+        return await self._run(self._classifier.predict_uint8, images)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def classify_normalized(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """Already-normalised float32 ``(3, H, W)`` tensors -> class probabilities."""
+        return await self._run(self._classifier.predict_normalized, tensors)
+
+    async def _run(self, predict, items: list[np.ndarray]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        # The forward pass releases the GIL; running it off the event loop lets the next batch
+        # queue up meanwhile.
+        probabilities = await asyncio.to_thread(predict, np.stack(items))
+        self._metrics.observe_batch(len(items), time.perf_counter() - started)
+        return list(probabilities)

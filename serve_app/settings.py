@@ -1,0 +1,74 @@
+"""Typed configuration: builder arguments (need a restart) and live ``user_config`` tunables.
+
+Builder arguments come from the Serve config file's ``args`` and may be overridden per field by
+``CLASSIFIER_*`` environment variables; the file wins over the environment, both win over defaults.
+Invalid values fail at deploy time with pydantic's message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Limits(BaseModel):
+    """Request limits enforced by the ingress before any model work is done."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_body_bytes: int = Field(10 * MiB, ge=1024, description="Largest accepted request body.")
+    max_images_per_request: int = Field(64, ge=1, le=1024)
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Decompression-bomb guard, checked from the header."
+    )
+
+
+class AppSettings(BaseSettings):
+    """Arguments of ``serve_app.app:build_app``; changing one redeploys the replicas."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLASSIFIER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model_name: str = Field("mobilenet_v2", description="A torchvision classification model.")
+    weights: str = Field(
+        "IMAGENET1K_V1",
+        description="torchvision weights enum name (or DEFAULT), a local .pth path, or an http(s) URL.",
+    )
+    weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{8,64}$", description="Expected sha256 (or prefix) of the file."
+    )
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    num_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica.")
+    optimize: Literal["torchscript", "eager"] = Field(
+        "torchscript", description="Frozen TorchScript + channels_last, or plain eager mode."
+    )
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _url_needs_hash(self) -> AppSettings:
+        if self.weights.startswith(("http://", "https://")) and not self.weights_sha256:
+            raise ValueError("weights_sha256 is required when weights is a URL")
+        return self
+
+
+class ModelTuning(BaseModel):
+    """``user_config`` of the model deployment; applied live by ``reconfigure``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=5.0)
+
+
+class IngressTuning(BaseModel):
+    """``user_config`` of the ingress deployment; applied live by ``reconfigure``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_top_k: int = Field(5, ge=1, le=1000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
