@@ -1,0 +1,168 @@
+{{/* Chart name, truncated to 63 characters (DNS label). */}}
+{{- define "classifier.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: <release>-<chart> unless the release name already contains the chart name. */}}
+{{- define "classifier.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A name derived from the full name with a suffix, still within 63 characters. */}}
+{{- define "classifier.suffixed" -}}
+{{- $root := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- printf "%s-%s" (include "classifier.fullname" $root | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix -}}
+{{- end -}}
+
+{{- define "classifier.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "classifier.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "classifier.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Standard labels on every resource. */}}
+{{- define "classifier.labels" -}}
+helm.sh/chart: {{ include "classifier.chart" . }}
+{{ include "classifier.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: image-classifier
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels plus a component. Usage: include "classifier.componentLabels" (list . "serve") */}}
+{{- define "classifier.componentLabels" -}}
+{{ include "classifier.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "classifier.annotations" -}}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "classifier.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "classifier.headServiceAccountName" -}}
+{{- include "classifier.suffixed" (list . "ray-head") -}}
+{{- end -}}
+
+{{- define "classifier.workloadServiceAccountName" -}}
+{{- include "classifier.suffixed" (list . "workload") -}}
+{{- end -}}
+
+{{- define "classifier.settingsName" -}}
+{{- include "classifier.suffixed" (list . "settings") -}}
+{{- end -}}
+
+{{/* The Secret holding the Ray auth token in mode=deployment. */}}
+{{- define "classifier.authSecretName" -}}
+{{- default (include "classifier.suffixed" (list . "ray-auth")) .Values.secret.existingSecret -}}
+{{- end -}}
+
+{{/* The Service that fronts the Serve proxies: KubeRay's <name>-serve-svc or the chart's own. */}}
+{{- define "classifier.serveServiceName" -}}
+{{- if eq .Values.mode "rayservice" -}}
+{{- printf "%s-serve-svc" (include "classifier.fullname" .) -}}
+{{- else -}}
+{{- include "classifier.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+serveConfigV2: the repo's serve_config.yaml (files/serve_config.yaml is a symlink to it), verbatim when
+no overrides are set; otherwise parsed, each deploymentOverrides item applied to the deployment of
+that name (`unset` keys removed, `set` merged deep), and re-serialised.
+*/}}
+{{- define "classifier.serveConfig" -}}
+{{- $raw := .Files.Get "files/serve_config.yaml" -}}
+{{- if not $raw -}}
+{{- fail "files/serve_config.yaml is missing or empty: it must be a symlink to the repo's serve_config.yaml" -}}
+{{- end -}}
+{{- if not .Values.serveConfig.deploymentOverrides -}}
+{{- $raw -}}
+{{- else -}}
+{{- $cfg := fromYaml $raw -}}
+{{- range $override := .Values.serveConfig.deploymentOverrides -}}
+{{- $found := false -}}
+{{- range $app := $cfg.applications -}}
+{{- range $dep := (default list $app.deployments) -}}
+{{- if eq $dep.name $override.name -}}
+{{- $found = true -}}
+{{- range $key := (default list $override.unset) -}}
+{{- $_ := unset $dep $key -}}
+{{- end -}}
+{{- $_ := mergeOverwrite $dep (deepCopy (default dict $override.set)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "serveConfig.deploymentOverrides: no deployment named %q in serve_config.yaml" $override.name) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Writable emptyDirs for the read-only root filesystem. */}}
+{{- define "classifier.writableVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolumeSizeLimit }}
+- name: ray-logs
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolumeSizeLimit }}
+- name: shared-mem
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.shmSizeLimit }}
+{{- end -}}
+
+{{- define "classifier.writableVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: ray-logs
+  mountPath: /tmp/ray
+- name: shared-mem
+  mountPath: /dev/shm
+{{- end -}}
+
+{{/* Environment common to every app container. */}}
+{{- define "classifier.env" -}}
+- name: TORCH_HOME
+  value: {{ .Values.torchHome | quote }}
+- name: RAY_METRICS_PORT
+  value: {{ .Values.ray.metricsPort | quote }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "classifier.envFrom" -}}
+- configMapRef:
+    name: {{ include "classifier.settingsName" . }}
+{{- end -}}
