@@ -1,0 +1,664 @@
+"""The Helm chart (kuberay/chart) and the plain RayService manifest, checked with real tools.
+
+Real Helm 3 (`helm lint --strict`, `helm template`) for every mode x values file; every built-in object
+validated by kubernetes-validate (strict, Kubernetes 1.29 and 1.33); every custom resource validated
+against its CRD's openAPIV3Schema from ../shared/crds with unknown fields rejected; the values schema's
+negative cases; kuberay/rayservice.yaml == `helm template` with defaults; serveConfigV2 == serve_config.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import CRDS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "kuberay" / "chart"
+PLAIN_MANIFEST = REPO / "kuberay" / "rayservice.yaml"
+SERVE_CONFIG = REPO / "serve_config.yaml"
+HELM_VALUES = REPO / "helm-values"
+RELEASE = "image-classifier"
+K8S_VERSIONS = ["1.29", "1.33"]
+
+# Every feature switched on at once, per mode: each optional template renders and validates.
+ALL_ON = [
+    "--set", "namespace.create=true", "--set", "rbac.create=true", "--set", "loadBalancer.enabled=true",
+    "--set", "ingress.enabled=true", "--set", "ingress.host=classifier.example.com",
+    "--set", "httpRoute.enabled=true", "--set", "httpRoute.hostnames[0]=classifier.example.com",
+    "--set", "image.digest=sha256:" + "ab" * 32, "--set", "imagePullSecrets[0].name=regcred",
+]
+CASES: dict[str, list[str]] = {
+    "default": [],
+    "deployment": ["--set", "mode=deployment"],
+    "dev": ["-f", str(HELM_VALUES / "app-dev.yaml")],
+    "prod": ["-f", str(HELM_VALUES / "app-prod.yaml")],
+    "deployment-example": ["-f", str(HELM_VALUES / "app-deployment.yaml")],
+    "rayservice-all-on": ALL_ON + [
+        "--set", "ray.gcsFaultTolerance.enabled=true",
+        "--set", "ray.gcsFaultTolerance.redisAddress=redis.redis.svc:6379",
+        "--set", "ray.gcsFaultTolerance.redisPasswordSecret.name=redis-password",
+        "--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
+        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
+        "--set", "ray.auth.secretName=ray-token",
+    ],
+    "deployment-all-on": ALL_ON + ["--set", "mode=deployment", "--set", "autoscaling.enabled=false",
+                                   "--set", "secret.existingSecret=ray-token"],
+}
+
+
+def helm_path() -> str:
+    helm = os.environ.get("HELM") or str(REPO / ".tools" / "bin" / "helm")
+    if not Path(helm).is_file():
+        helm = shutil.which("helm") or helm
+    assert Path(helm).is_file(), f"helm not found at {helm}: run scripts/tools/helm.sh (make tools)"
+    return helm
+
+
+def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([helm_path(), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+    return result
+
+
+@functools.cache
+def render_text(case: str) -> str:
+    return run_helm("template", RELEASE, str(CHART), *CASES[case]).stdout
+
+
+def render(case: str) -> list[dict]:
+    return [copy.deepcopy(doc) for doc in _parsed(case)]
+
+
+@functools.cache
+def _parsed(case: str) -> tuple[dict, ...]:
+    return tuple(doc for doc in yaml.safe_load_all(render_text(case)) if doc)
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def pod_specs(doc: dict) -> list[tuple[str, dict]]:
+    """(where, pod spec) for every pod template inside a workload or RayService."""
+    if doc["kind"] == "RayService":
+        cluster = doc["spec"]["rayClusterConfig"]
+        specs = [("head", cluster["headGroupSpec"]["template"]["spec"])]
+        specs += [(g["groupName"], g["template"]["spec"]) for g in cluster.get("workerGroupSpecs", [])]
+        return specs
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])]
+    return []
+
+
+# ----------------------------------------------------------------------------------------- helm itself
+
+@pytest.mark.parametrize("case", CASES)
+def test_helm_lint_strict_passes(case):
+    result = run_helm("lint", "--strict", str(CHART), *CASES[case])
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_helm_template_renders_objects(case):
+    docs = render(case)
+    assert docs, f"{case}: nothing rendered"
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
+
+
+def test_plain_manifest_is_helm_template_with_default_values():
+    body = "".join(line for line in PLAIN_MANIFEST.read_text().splitlines(keepends=True)
+                   if not line.startswith("# Generated") and not line.startswith("# Apply")
+                   and not line.startswith("#   kubectl"))
+    assert body == render_text("default"), (
+        "kuberay/rayservice.yaml differs from `helm template` with default values: run scripts/k8s/render.sh")
+
+
+def test_plain_manifest_is_a_rayservice_for_kubectl_apply():
+    docs = [d for d in yaml.safe_load_all(PLAIN_MANIFEST.read_text()) if d]
+    service = one(docs, "RayService")
+    assert service["apiVersion"] == "ray.io/v1"
+    # `kubectl apply -n <ns>` must work: nothing pins a namespace.
+    for doc in docs:
+        assert "namespace" not in doc["metadata"], doc["metadata"]["name"]
+
+
+# ------------------------------------------------------------------------------ serveConfigV2 == file
+
+def serve_config_v2(docs: list[dict]) -> dict:
+    return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
+
+
+def test_default_serve_config_v2_is_the_repo_serve_config_verbatim():
+    text = one(render("default"), "RayService")["spec"]["serveConfigV2"]
+    assert yaml.safe_load(text) == yaml.safe_load(SERVE_CONFIG.read_text())
+    assert text.rstrip("\n") == SERVE_CONFIG.read_text().rstrip("\n")
+
+
+def test_chart_reads_serve_config_through_a_symlink_to_the_repo_file():
+    link = CHART / "files" / "serve_config.yaml"
+    assert link.is_symlink() and link.resolve() == SERVE_CONFIG.resolve()
+
+
+def apply_overrides(config: dict, overrides: list[dict]) -> dict:
+    """Independent implementation of the chart's deploymentOverrides, for checking it."""
+    def deep_merge(dst: dict, src: dict) -> None:
+        for key, value in src.items():
+            if isinstance(value, dict) and isinstance(dst.get(key), dict):
+                deep_merge(dst[key], value)
+            else:
+                dst[key] = copy.deepcopy(value)
+
+    config = copy.deepcopy(config)
+    for override in overrides:
+        matches = [d for app in config["applications"] for d in app.get("deployments", [])
+                   if d["name"] == override["name"]]
+        assert matches, override["name"]
+        for dep in matches:
+            for key in override.get("unset", []):
+                dep.pop(key, None)
+            deep_merge(dep, override.get("set", {}))
+    return config
+
+
+def test_prod_serve_config_v2_is_the_file_plus_exactly_the_listed_overrides():
+    overrides = yaml.safe_load((HELM_VALUES / "app-prod.yaml").read_text())["serveConfig"]["deploymentOverrides"]
+    expected = apply_overrides(yaml.safe_load(SERVE_CONFIG.read_text()), overrides)
+    rendered = serve_config_v2(render("prod"))
+    assert rendered == expected
+    model = next(d for d in rendered["applications"][0]["deployments"] if d["name"] == "ImageClassifier")
+    assert model["autoscaling_config"]["min_replicas"] == 3
+    assert model["autoscaling_config"]["max_replicas"] == 10
+    assert "num_replicas" not in model
+    # Everything not overridden (args, limits, user_config) is still the file's.
+    assert rendered["applications"][0]["args"] == yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
+
+
+def test_override_of_an_unknown_deployment_fails_the_render():
+    result = run_helm("template", RELEASE, str(CHART), "--set", "serveConfig.deploymentOverrides[0].name=Nope",
+                      check=False)
+    assert result.returncode != 0
+    assert 'no deployment named "Nope"' in result.stderr
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "deployment" not in c])
+def test_serve_config_v2_is_accepted_by_ray_serve_schema(case):
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(serve_config_v2(render(case)))
+
+
+def test_serve_schema_check_would_catch_a_bad_override():
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    config = apply_overrides(yaml.safe_load(SERVE_CONFIG.read_text()), [
+        {"name": "ImageClassifier", "set": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 10}}}])
+    with pytest.raises(ValidationError):  # num_replicas left in beside autoscaling_config
+        ServeDeploySchema.model_validate(config)
+
+
+# ---------------------------------------------------------------------- built-in objects: k8s schemas
+
+BUILTIN_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1",
+                  "rbac.authorization.k8s.io/v1"}
+
+
+@pytest.mark.parametrize("k8s", K8S_VERSIONS)
+@pytest.mark.parametrize("case", CASES)
+def test_builtin_objects_validate_strictly(case, k8s):
+    checked = 0
+    for doc in render(case):
+        if doc["apiVersion"] in CRD_KINDS_BY_API:
+            continue
+        assert doc["apiVersion"] in BUILTIN_GROUPS, f"unexpected apiVersion {doc['apiVersion']}"
+        try:
+            kubernetes_validate.validate(doc, k8s, strict=True)
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            pytest.fail(f"{case}: no Kubernetes {k8s} schema for {doc['kind']}: {exc}")
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{case}: {doc['kind']}/{doc['metadata']['name']} invalid for {k8s}: {exc.message} "
+                        f"at {list(exc.caught.absolute_path)}")
+        checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize("k8s", K8S_VERSIONS)
+@pytest.mark.parametrize("case", [c for c in CASES if "deployment" not in c])
+def test_rayservice_pod_templates_validate_as_kubernetes_pod_templates(case, k8s):
+    cluster = one(render(case), "RayService")["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
+                   "template": template}
+        try:
+            kubernetes_validate.validate(wrapped, k8s, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{case}: pod template invalid for {k8s}: {exc.message} at {list(exc.caught.absolute_path)}")
+
+
+def test_kubernetes_validate_rejects_unknown_fields_and_kinds():
+    """The validator is strict: a typo'd field and an unknown kind both fail."""
+    deployment = one(render("deployment"), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.33", strict=True)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Nonsense", "metadata": {"name": "x"}},
+                                     "1.33", strict=True)
+
+
+# ------------------------------------------------------------------ custom resources: real CRD schemas
+
+def _strict(schema: dict) -> dict:
+    """A CRD structural schema as the API server applies it: unknown fields rejected unless
+    x-kubernetes-preserve-unknown-fields; int-or-string accepts both; embedded resources keep
+    apiVersion/kind/metadata."""
+    schema = dict(schema)
+    if schema.get("x-kubernetes-int-or-string"):
+        schema.pop("type", None)
+        schema.pop("anyOf", None)
+        schema["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in schema:
+        schema["properties"] = {k: _strict(v) for k, v in schema["properties"].items()}
+        if schema.get("x-kubernetes-embedded-resource"):
+            for key in ("apiVersion", "kind"):
+                schema["properties"].setdefault(key, {"type": "string"})
+            schema["properties"].setdefault("metadata", {"type": "object"})
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _strict(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _strict(schema["additionalProperties"])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in schema and not schema.get("x-kubernetes-int-or-string"):
+            schema[key] = [_strict(s) for s in schema[key]]
+    if (schema.get("type") == "object" and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        schema["additionalProperties"] = False
+    return schema
+
+
+@functools.cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    if not CRDS_DIR.is_dir():
+        pytest.skip(f"CRDs not found at {CRDS_DIR}: set SHARED_CRDS_DIR")
+    validators = {}
+    for path in sorted(CRDS_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if not version.get("served"):
+                continue
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            # ObjectMeta is validated by the API server itself, not by the CRD schema.
+            schema["properties"]["metadata"] = {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                        "maxLength": 63},
+                               "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                               "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
+                "additionalProperties": False}
+            validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+CRD_KINDS_BY_API = {"ray.io/v1": {"RayService", "RayCluster"},
+                    "gateway.networking.k8s.io/v1": {"HTTPRoute"},
+                    "monitoring.coreos.com/v1": {"PodMonitor", "ServiceMonitor", "PrometheusRule"}}
+
+
+def crd_errors(doc: dict) -> list[str]:
+    validator = crd_validators().get((doc["apiVersion"], doc["kind"]))
+    assert validator, f"no CRD in {CRDS_DIR} for {doc['apiVersion']} {doc['kind']}"
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_custom_resources_validate_against_their_crds(case):
+    custom = [d for d in render(case) if d["apiVersion"] in CRD_KINDS_BY_API]
+    if "deployment" not in case:
+        assert any(d["kind"] == "RayService" for d in custom)
+    for doc in custom:
+        assert not crd_errors(doc), f"{case}: {doc['kind']}/{doc['metadata']['name']}: {crd_errors(doc)}"
+
+
+def test_crd_validation_rejects_unknown_and_mistyped_fields():
+    service = one(render("default"), "RayService")
+    assert not crd_errors(service)
+    typo = copy.deepcopy(service)
+    typo["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    assert any("maxReplica" in e for e in crd_errors(typo))
+    wrong_type = copy.deepcopy(service)
+    wrong_type["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = "yes"
+    assert crd_errors(wrong_type)
+    bad_enum = copy.deepcopy(service)
+    bad_enum["spec"]["rayClusterConfig"]["authOptions"]["mode"] = "password"
+    assert crd_errors(bad_enum)
+    # int-or-string and preserve-unknown-fields are honoured, not over-rejected.
+    ok = copy.deepcopy(service)
+    ok["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
+        "limits"]["cpu"] = 2
+    assert not crd_errors(ok)
+
+
+# ---------------------------------------------------------------------------- values.schema.json
+
+def test_values_schema_is_generated_and_current():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "k8s" / "gen_values_schema.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, "values.schema.json is stale: run scripts/k8s/render.sh"
+
+
+BAD_VALUES = {
+    "unknown mode": (["--set", "mode=statefulset"], "mode"),
+    "negative deployment replicas": (["--set", "deployment.replicas=-1"], "deployment.replicas"),
+    "negative worker replicas": (["--set", "ray.worker.replicas=-3"], "ray.worker.replicas"),
+    "negative worker minReplicas": (["--set", "ray.worker.minReplicas=-1"], "ray.worker.minReplicas"),
+    "worker min > max": (["--set", "ray.worker.minReplicas=6", "--set", "ray.worker.maxReplicas=5"],
+                         "ray.worker.minReplicas"),
+    "hpa min > max": (["--set", "autoscaling.minReplicas=11"], "autoscaling.minReplicas"),
+    "hpa min zero": (["--set", "autoscaling.minReplicas=0"], "autoscaling.minReplicas"),
+    "hpa target over 100": (["--set", "autoscaling.targetCPUUtilizationPercentage=150"],
+                            "targetCPUUtilizationPercentage"),
+    "typo in a key": (["--set", "ray.worker.maxReplica=3"], "maxReplica"),
+    "unknown upgrade strategy": (["--set", "ray.upgradeStrategy.type=InPlace"], "ray.upgradeStrategy.type"),
+    "incremental upgrade without options": (
+        ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
+    "gcs ft without redis": (["--set", "ray.gcsFaultTolerance.enabled=true"], "redisAddress"),
+    "bad auth mode": (["--set", "ray.auth.mode=password"], "ray.auth.mode"),
+    "string replicas": (["--set-string", "deployment.replicas=three"], "deployment.replicas"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_VALUES)
+def test_values_schema_rejects_bad_values(name):
+    args, mentioned = BAD_VALUES[name]
+    result = run_helm("template", RELEASE, str(CHART), *args, check=False)
+    assert result.returncode != 0, f"{name}: accepted"
+    assert "schema" in result.stderr and mentioned in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--set", "ray.worker.minReplicas=5", "--set", "ray.worker.maxReplicas=5"],
+    ["--set", "ray.worker.minReplicas=0", "--set", "ray.worker.maxReplicas=100"],
+    ["--set", "mode=deployment", "--set", "autoscaling.minReplicas=10", "--set", "autoscaling.maxReplicas=10"],
+    ["--set", "mode=deployment", "--set", "deployment.replicas=0", "--set", "autoscaling.enabled=false"],
+], ids=["worker min==max", "worker 0..100", "hpa min==max", "deployment scaled to 0"])
+def test_values_schema_accepts_boundaries(args):
+    run_helm("template", RELEASE, str(CHART), *args)
+
+
+def test_every_value_is_documented():
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param (\S+)", text, flags=re.M))
+    values = yaml.safe_load(text)
+
+    def paths(node, prefix=""):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path in documented:
+                continue
+            assert isinstance(value, dict) and value, f"values.yaml: {path} has no '## @param {path}'"
+            yield from paths(value, path + ".")
+        yield from ()
+
+    list(paths(values))
+    for path in documented:
+        node = values
+        for part in path.split("."):
+            assert isinstance(node, dict) and part in node, f"## @param {path} documents no value"
+            node = node[part]
+
+
+# ------------------------------------------------------------------------- what the issue asks for
+
+def test_rayservice_cluster_shape():
+    service = one(render("default"), "RayService")
+    annotations = service["metadata"]["annotations"]
+    assert re.fullmatch(r"\d+[smh]", annotations["ray.io/initializing-timeout"])
+    spec = service["spec"]
+    assert spec["upgradeStrategy"]["type"] == "NewCluster"
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["authOptions"]["mode"] == "token"
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    [workers] = cluster["workerGroupSpecs"]
+    assert 0 < workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    container = workers["template"]["spec"]["containers"][0]
+    assert "ray stop" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert workers["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    assert "gcsFaultToleranceOptions" not in cluster
+
+
+def test_prod_enables_gcs_fault_tolerance_with_password_from_a_secret():
+    cluster = one(render("prod"), "RayService")["spec"]["rayClusterConfig"]
+    gcs = cluster["gcsFaultToleranceOptions"]
+    assert re.fullmatch(r"\S+:\d+", gcs["redisAddress"])
+    assert gcs["redisPassword"]["valueFrom"]["secretKeyRef"] == {"name": "ray-gcs-redis", "key": "password"}
+    assert "value" not in gcs["redisPassword"]
+
+
+def test_metrics_port_is_named_and_dashboard_env_is_set():
+    cluster = one(render("default"), "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    for container, params in ((head, cluster["headGroupSpec"]["rayStartParams"]),
+                              (worker, cluster["workerGroupSpecs"][0]["rayStartParams"])):
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == 8080 and params["metrics-export-port"] == "8080"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["TORCH_HOME"] == "/home/ray/.cache/torch"
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    for name in ("RAY_GRAFANA_HOST", "RAY_PROMETHEUS_HOST", "RAY_GRAFANA_IFRAME_HOST"):
+        assert env[name].startswith("http"), name
+    deployment = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in deployment["ports"]}["metrics"] == 8080
+
+
+def test_deployment_mode_is_the_seed_literally():
+    docs = render("deployment")
+    assert not by_kind(docs, "RayService")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == "/ready"
+    assert "serve run" in " ".join(container["command"]) and "/app/serve_config.yaml" in " ".join(container["command"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert {"scaleUp", "scaleDown"} <= hpa["spec"]["behavior"].keys()
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
+        "labels"].items()
+    service = next(s for s in by_kind(docs, "Service") if s["spec"].get("type") == "ClusterIP"
+                   and s["spec"].get("clusterIP") != "None")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert one(docs, "ConfigMap") and one(docs, "Secret")
+    without_hpa = one(render("deployment-all-on"), "Deployment")
+    assert without_hpa["spec"]["replicas"] == 3
+
+
+def test_ingress_body_size_is_above_the_apps_own_limit():
+    app_limit = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]["limits"]["max_body_bytes"]
+    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    for case in ("rayservice-all-on", "deployment-example"):
+        ingress = one(render(case), "Ingress")
+        size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+        number, unit = re.fullmatch(r"(\d+)([kmgKMG]?)", size).groups()
+        assert int(number) * units[unit.lower()] > app_limit, size
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_routes_point_at_the_serve_service(case):
+    docs = render(case)
+    expected = f"{RELEASE}-serve-svc" if "deployment" not in case else RELEASE
+    services = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
+    for route in by_kind(docs, "HTTPRoute"):
+        assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == expected
+    for ingress in by_kind(docs, "Ingress"):
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        assert backend["name"] == expected
+        if "deployment" in case:
+            assert backend["name"] in services
+
+
+# PSS "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), checked here.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def pss_restricted_violations(spec: dict) -> list[str]:
+    problems = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            problems.append(flag)
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: {kinds}")
+    pod_ctx = spec.get("securityContext", {})
+    for container in spec.get("containers", []) + spec.get("initContainers", []):
+        ctx = container.get("securityContext", {})
+        name = container["name"]
+        if ctx.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+            problems.append(f"{name}: capabilities not dropped")
+        if set(ctx.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities added")
+        if not (ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot"))):
+            problems.append(f"{name}: runAsNonRoot")
+        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+            problems.append(f"{name}: runAsUser 0")
+        seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccomp {seccomp}")
+        if container.get("ports") and any(p.get("hostPort") for p in container["ports"]):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pods_meet_pod_security_restricted_with_writable_ray_dirs(case):
+    docs = render(case)
+    specs = [s for d in docs for s in pod_specs(d)]
+    assert specs
+    for where, spec in specs:
+        assert not pss_restricted_violations(spec), (case, where, pss_restricted_violations(spec))
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            for path in ("/tmp", "/tmp/ray", "/dev/shm"):
+                assert "emptyDir" in volumes[mounts[path]], (where, path)
+            assert container["resources"]["limits"]["memory"]
+    service = by_kind(docs, "RayService")
+    if service:
+        autoscaler = service[0]["spec"]["rayClusterConfig"].get("autoscalerOptions")
+        if autoscaler:
+            assert not pss_restricted_violations({"containers": [{"name": "autoscaler", **autoscaler}]})
+
+
+def test_pss_checker_catches_violations():
+    spec = copy.deepcopy(pod_specs(one(render("deployment"), "Deployment"))[0][1])
+    assert not pss_restricted_violations(spec)
+    spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert len(pss_restricted_violations(spec)) == 2
+
+
+def test_namespace_gets_pss_labels_when_created():
+    namespace = one(render("rayservice-all-on"), "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_service_accounts_mount_tokens_only_where_the_autoscaler_needs_one(case):
+    docs = render(case)
+    accounts = {a["metadata"]["name"]: a for a in by_kind(docs, "ServiceAccount")}
+    for where, spec in (s for d in docs for s in pod_specs(d)):
+        account = accounts[spec["serviceAccountName"]]
+        needs_api = where == "head" and by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"][
+            "enableInTreeAutoscaling"]
+        assert spec["automountServiceAccountToken"] is bool(needs_api), (case, where)
+        assert account["automountServiceAccountToken"] is bool(needs_api), (case, where)
+    for role in by_kind(docs, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert not {"create", "delete", "deletecollection"} & set(rule["verbs"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
+    docs = render(case)
+    policies = by_kind(docs, "NetworkPolicy")
+    if case == "dev":
+        assert not policies
+        return
+    deny = [p for p in policies if p["metadata"]["name"].endswith("default-deny")]
+    assert len(deny) == 1 and "ingress" not in deny[0]["spec"] and "egress" not in deny[0]["spec"]
+    assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    allowed_ports = {p["port"] for pol in policies for rule in pol["spec"].get("ingress", [])
+                     for p in rule.get("ports", [])}
+    assert {"serve", "metrics"} <= allowed_ports
+    egress_ports = {p["port"] for pol in policies for rule in pol["spec"].get("egress", [])
+                    for p in rule.get("ports", [])}
+    assert 53 in egress_ports
+    if by_kind(docs, "RayService"):
+        assert "dashboard" in allowed_ports  # the operator's PUT of serveConfigV2
+        internal = next(p for p in policies if p["metadata"]["name"].endswith("ray-internal"))
+        assert internal["spec"]["ingress"][0]["from"][0]["podSelector"]
+        assert 6443 in egress_ports  # the autoscaler reaches the API server
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_standard_labels_names_and_no_hard_coded_namespace(case):
+    for doc in render(case):
+        meta = doc["metadata"]
+        assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta["name"])
+        assert "namespace" not in meta, f"{doc['kind']}/{meta['name']} hard-codes a namespace"
+        labels = meta["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, f"{doc['kind']}/{meta['name']} lacks {key}"
+
+
+def test_image_defaults_to_the_chart_app_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    container = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ray-serve-image-classifier:{chart['appVersion']}"
+    digest = one(render("deployment-all-on"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert digest["image"] == "ray-serve-image-classifier@sha256:" + "ab" * 32
