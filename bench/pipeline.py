@@ -1,0 +1,98 @@
+"""The pipeline limit: decode+preprocess plus model forward per image, outside Ray, on the same cores.
+
+"The same total cores the server gets" means: the Ray node the server runs on has ``cores`` CPUs
+(the whole 2-core machine here), and the served topology runs the model with ``num_threads`` torch
+threads per replica. The limit runs ``cores // num_threads`` worker processes with ``num_threads``
+threads each (2 × 1 for the default config), and each worker does, per batch, exactly what the
+server does per image: ``serve_app.imaging.decode_image`` on the encoded bytes, ``np.stack``, and
+``serve_app.classifier.Classifier.predict_uint8``. No HTTP, no proxy, no IPC: the work the server
+cannot avoid, so served/limit is the efficiency of the serving path. The best batch size wins.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    settings_args: dict  # builder args of the app (serve_config.yaml ``args``)
+    image: bytes
+    processes: int
+    batch_sizes: tuple[int, ...]
+    seconds: float
+    warmup_s: float
+
+
+def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
+    import torch
+
+    from serve_app.classifier import Classifier
+    from serve_app.imaging import decode_image
+    from serve_app.settings import AppSettings
+
+    settings = AppSettings(**spec.settings_args)
+    torch.set_num_threads(settings.num_threads)
+    clf = Classifier(settings, warmup_batch_sizes=tuple(sorted(set(spec.batch_sizes))))
+    prep, max_pixels = clf.info.preprocessing, settings.limits.max_image_pixels
+    for bs in spec.batch_sizes:
+        def one_batch():
+            t0 = time.perf_counter()
+            arrays = [decode_image(spec.image, prep, max_pixels) for _ in range(bs)]
+            t1 = time.perf_counter()
+            clf.predict_uint8(np.stack(arrays))
+            return t1 - t0, time.perf_counter() - t1
+
+        barrier.wait()
+        end = time.perf_counter() + spec.warmup_s
+        while time.perf_counter() < end:
+            one_batch()
+        barrier.wait()  # every worker measures the same window
+        done, decode_s, forward_s = 0, 0.0, 0.0
+        started = time.perf_counter()
+        while time.perf_counter() - started < spec.seconds:
+            d, f = one_batch()
+            decode_s += d
+            forward_s += f
+            done += bs
+        wall = time.perf_counter() - started
+        results.put({"worker": index, "batch_size": bs, "images": done, "wall_s": wall,
+                     "decode_ms": 1000 * decode_s / done, "forward_ms": 1000 * forward_s / done})
+
+
+def measure(spec: PipelineSpec) -> dict:
+    """Images/s of ``spec.processes`` workers together, for each batch size, and the best."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(spec.processes)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(spec, i, barrier, results), daemon=True)
+             for i in range(spec.processes)]
+    for p in procs:
+        p.start()
+    rows = []
+    timeout = 120 + len(spec.batch_sizes) * (spec.seconds + spec.warmup_s + 30)
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(spec.processes * len(spec.batch_sizes)):
+            rows.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    by_bs = {}
+    for bs in spec.batch_sizes:
+        mine = [r for r in rows if r["batch_size"] == bs]
+        by_bs[bs] = {
+            "images_per_s": sum(r["images"] / r["wall_s"] for r in mine),
+            "decode_ms_per_image": float(np.mean([r["decode_ms"] for r in mine])),
+            "forward_ms_per_image": float(np.mean([r["forward_ms"] for r in mine])),
+        }
+    best = max(by_bs, key=lambda b: by_bs[b]["images_per_s"])
+    return {"processes": spec.processes, "threads_per_process": spec.settings_args.get("num_threads", 1),
+            "seconds": spec.seconds, "by_batch_size": by_bs, "best_batch_size": best,
+            "images_per_s": by_bs[best]["images_per_s"]}

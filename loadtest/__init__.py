@@ -1,0 +1,1 @@
+"""Locust load test of the classifier API: weighted tasks, real photos, SLO gate (``python -m loadtest.run``)."""

@@ -1,0 +1,83 @@
+"""Pure logic of the benchmarks: CPU accounting, the served/limit summary, the autoscaling analysis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.autoscale import analyse, replicas_of, window_stats
+from bench.serving import cpu_delta, summarize
+
+
+def test_cpu_delta_counts_new_processes_from_zero_and_sums_roles():
+    before = {1: ("model replica", 10.0), 2: ("serve proxy", 5.0)}
+    after = {1: ("model replica", 12.0), 2: ("serve proxy", 6.0), 3: ("model replica", 1.0)}
+    cores = cpu_delta(before, after, wall_s=2.0)
+    assert cores["model replica"] == pytest.approx(1.5)
+    assert cores["serve proxy"] == pytest.approx(0.5)
+    assert cores["total"] == pytest.approx(2.0)
+
+
+def _run(c, ips, p99, rep=0):
+    return {"concurrency": c, "images_per_s": ips, "p50_ms": p99 / 2, "p99_ms": p99,
+            "errors": {}, "client_cpu_cores": 0.1, "repeat": rep}
+
+
+def test_summary_ratio_knee_and_12mp_comparison():
+    result = {
+        "pipeline": {"small": {"images_per_s": 200.0}, "phone": {"images_per_s": 100.0}},
+        "reference_concurrency": 32,
+        "served": [_run(8, 120, 90), _run(32, 170, 300), _run(32, 180, 340, 1), _run(64, 176, 700)],
+        "served_12mp": [_run(32, 90, 600)],
+    }
+    s = summarize(result)
+    level32 = next(lv for lv in s["levels"] if lv["concurrency"] == 32)
+    assert level32["runs"] == 2 and level32["images_per_s"] == 175
+    assert (level32["images_per_s_min"], level32["images_per_s_max"]) == (170, 180)
+    assert s["ratio_at_reference"] == pytest.approx(175 / 200)
+    assert s["peak_images_per_s"] == 176
+    # 0.8 x 176 = 140.8: c=8 (120) misses it, so the knee is the first level at or above: c=32
+    assert s["knee_concurrency"] == 32 and s["knee_p99_ms"] == 320
+    assert s["ratio_12mp_to_small"] == pytest.approx(90 / 175)
+    assert s["ratio_12mp_to_limit"] == pytest.approx(0.9)
+
+
+def test_replicas_are_read_from_the_serve_api_document():
+    doc = {"applications": {"classifier": {"deployments": {"ImageClassifier": {
+        "target_num_replicas": 2,
+        "replicas": [{"replica_id": "a", "state": "RUNNING", "pid": 11},
+                     {"replica_id": "b", "state": "STARTING", "pid": None}]}}}}}
+    target, reps = replicas_of(doc)
+    assert target == 2 and [r["state"] for r in reps] == ["RUNNING", "STARTING"]
+    assert replicas_of({}) == (None, [])
+
+
+def test_autoscaling_analysis_times_the_reaction_from_the_spike_start():
+    spike = 1000.0
+    one = [{"id": "a", "state": "RUNNING", "pid": 1, "cores": 0.9}]
+    timeline = [
+        {"t": spike - 1, "target": 1, "replicas": one},
+        {"t": spike + 4, "target": 2, "replicas": one},
+        {"t": spike + 6, "target": 2, "replicas": one + [{"id": "b", "state": "STARTING"}]},
+        {"t": spike + 15, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING",
+                                                            "cores": 0.05}]},
+        {"t": spike + 16, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING",
+                                                            "cores": 0.7}]},
+    ]
+    times = np.arange(spike - 20, spike + 40, 0.1)
+    lat = np.where((times >= spike) & (times < spike + 16), 800.0, 100.0)
+    samples = np.stack([times, lat, np.ones_like(times)], axis=1)
+    out = analyse(timeline, samples, spike, spike + 30, busy_cores=0.2)
+    assert out["baseline_replicas"] == 1 and out["max_running_replicas"] == 2
+    assert out["upscale_decision_s"] == 4
+    assert out["new_replica_running_s"] == 15
+    assert out["new_replica_serving_s"] == 16  # RUNNING but idle at +15 does not count
+    assert out["spike_first_10s"]["p99_ms"] == 800
+    assert out["spike_after_scale_up"]["p99_ms"] == 100
+    assert out["before_spike"]["p99_ms"] == 100
+
+
+def test_window_stats_counts_failures_and_ignores_them_for_latency():
+    samples = np.array([[1.0, 10.0, 1], [2.0, 20.0, 1], [3.0, 9999.0, 0], [9.0, 5.0, 1]])
+    w = window_stats(samples, 0, 5)
+    assert w["requests"] == 3 and w["failures"] == 1 and w["p99_ms"] < 21
