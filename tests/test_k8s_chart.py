@@ -490,8 +490,14 @@ def test_deployment_mode_is_the_seed_literally():
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["startupProbe"]["httpGet"]["path"] == "/ready"
     assert "serve run" in " ".join(container["command"]) and "/app/serve_config.yaml" in " ".join(container["command"])
-    env = {e["name"]: e for e in container["env"]}
-    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RAY_AUTH_MODE"] == "token"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    token_dir, token_file = env["RAY_AUTH_TOKEN_PATH"].rsplit("/", 1)
+    secret_volume = volumes[mounts[token_dir]]["secret"]
+    assert secret_volume["secretName"] == one(docs, "Secret")["metadata"]["name"]
+    assert secret_volume["items"] == [{"key": "auth_token", "path": token_file}]
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
@@ -624,9 +630,6 @@ def test_service_accounts_mount_tokens_only_where_the_autoscaler_needs_one(case)
 def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
     docs = render(case)
     policies = by_kind(docs, "NetworkPolicy")
-    if case == "dev":
-        assert not policies
-        return
     deny = [p for p in policies if p["metadata"]["name"].endswith("default-deny")]
     assert len(deny) == 1 and "ingress" not in deny[0]["spec"] and "egress" not in deny[0]["spec"]
     assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -640,7 +643,9 @@ def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
         assert "dashboard" in allowed_ports  # the operator's PUT of serveConfigV2
         internal = next(p for p in policies if p["metadata"]["name"].endswith("ray-internal"))
         assert internal["spec"]["ingress"][0]["from"][0]["podSelector"]
-        assert 6443 in egress_ports  # the autoscaler reaches the API server
+        autoscaling = one(docs, "RayService")["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]
+        # Only the autoscaler talks to the API server.
+        assert (6443 in egress_ports) is autoscaling
 
 
 @pytest.mark.parametrize("case", CASES)
