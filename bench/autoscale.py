@@ -48,7 +48,7 @@ class Poller(threading.Thread):
         super().__init__(daemon=True)
         self.http, self.url, self.period = http, f"{dashboard_url}/api/serve/applications/", period_s
         self.timeline: list[dict] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cpu: dict[int, tuple[float, float]] = {}
 
     def _cores(self, pid: int | None, now: float) -> float | None:
@@ -64,7 +64,7 @@ class Poller(threading.Thread):
         return None if prev is None else (cpu - prev[1]) / max(1e-3, now - prev[0])
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.time()
             try:
                 target, reps = replicas_of(self.http.get(self.url, timeout=5).json())
@@ -73,10 +73,10 @@ class Poller(threading.Thread):
                 self.timeline.append({"t": now, "target": target, "replicas": reps})
             except Exception as exc:  # noqa: BLE001 - a missed poll is recorded, not fatal
                 self.timeline.append({"t": now, "error": repr(exc)})
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 

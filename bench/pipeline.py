@@ -12,6 +12,7 @@ cannot avoid, so served/limit is the efficiency of the serving path. The best ba
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class PipelineSpec:
     batch_sizes: tuple[int, ...]
     seconds: float
     warmup_s: float
+    decode: bool = True  # False: forward only, on images decoded once up front
 
 
 def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
@@ -39,12 +41,16 @@ def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
     torch.set_num_threads(settings.num_threads)
     clf = Classifier(settings, warmup_batch_sizes=tuple(sorted(set(spec.batch_sizes))))
     prep, max_pixels = clf.info.preprocessing, settings.limits.max_image_pixels
+    decoded = decode_image(spec.image, prep, max_pixels)
     for bs in spec.batch_sizes:
         def one_batch():
             t0 = time.perf_counter()
-            arrays = [decode_image(spec.image, prep, max_pixels) for _ in range(bs)]
+            if spec.decode:
+                arrays = [decode_image(spec.image, prep, max_pixels) for _ in range(bs)]
+            else:
+                arrays = [decoded] * bs
             t1 = time.perf_counter()
-            clf.predict_uint8(np.stack(arrays))
+            clf.predict_uint8(np.stack(arrays))  # returns host numpy: includes the device sync
             return t1 - t0, time.perf_counter() - t1
 
         barrier.wait()
@@ -77,11 +83,18 @@ def measure(spec: PipelineSpec) -> dict:
     timeout = 120 + len(spec.batch_sizes) * (spec.seconds + spec.warmup_s + 30)
     deadline = time.monotonic() + timeout
     try:
-        for _ in range(spec.processes * len(spec.batch_sizes)):
-            rows.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+        while len(rows) < spec.processes * len(spec.batch_sizes):
+            try:
+                rows.append(results.get(timeout=1.0))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:  # a worker crashed (import error, OOM): the others wait at the barrier
+                    raise RuntimeError(f"pipeline worker failed (exit codes {dead})") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pipeline limit not measured within {timeout:.0f}s") from None
     finally:
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=10 if len(rows) == spec.processes * len(spec.batch_sizes) else 0.1)
             if p.is_alive():
                 p.kill()
     by_bs = {}
@@ -96,3 +109,41 @@ def measure(spec: PipelineSpec) -> dict:
     return {"processes": spec.processes, "threads_per_process": spec.settings_args.get("num_threads", 1),
             "seconds": spec.seconds, "by_batch_size": by_bs, "best_batch_size": best,
             "images_per_s": by_bs[best]["images_per_s"]}
+
+
+def main(argv=None) -> None:
+    """``python -m bench.pipeline``: the pipeline limit alone, e.g. with the model on a GPU."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from loadtest.images import phone_jpeg, small_jpeg
+
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
+    parser.add_argument("--config", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "serve_config.yaml")
+    parser.add_argument("--device", help="override the config's device (cpu, cuda)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--image", choices=("small", "phone"), default="small")
+    parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(args.config.read_text())
+    app_args = dict(next(a for a in config["applications"] if a["name"] == "classifier")["args"])
+    if args.device:
+        app_args["device"] = args.device
+    image = small_jpeg() if args.image == "small" else phone_jpeg()
+    result = measure(PipelineSpec(app_args, image, args.processes, tuple(args.batch_sizes),
+                                  args.seconds, 1.0, decode=not args.forward_only))
+    result.update(device=app_args.get("device"), image=args.image, forward_only=args.forward_only)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

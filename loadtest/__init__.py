@@ -1,1 +1,4 @@
-"""Locust load test of the classifier API: weighted tasks, real photos, SLO gate (``python -m loadtest.run``)."""
+"""Locust load test of the classifier API: weighted tasks, real photos, an SLO gate.
+
+Entry point: ``python -m loadtest.run``.
+"""
