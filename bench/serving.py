@@ -123,10 +123,56 @@ def rss_table(procs: list[psutil.Process]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["rss_mib"])
 
 
+# ---- profiling (py-spy) -------------------------------------------------------------------------
+
+PROFILED_ROLES = ("serve proxy", "ingress replica", "model replica")
+
+
+def start_profiles(temp_dir: str, out: Path, seconds: float) -> list[tuple[str, Path, subprocess.Popen]]:
+    """py-spy (sampling, non-blocking) on the proxy, the ingress and one model replica."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    started, seen = [], set()
+    for proc in cluster_processes(temp_dir):
+        role = role_of(proc)
+        if role not in PROFILED_ROLES or role in seen:
+            continue
+        seen.add(role)
+        path = out / f"profile-{role.replace(' ', '-')}.txt"
+        cmd = [str(py_spy), "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
+               "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(path)]
+        started.append((role, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL)))
+    return started
+
+
+def summarize_profile(path: Path, top: int = 12) -> dict:
+    """Self and inclusive share of samples per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + n
+
+    def share(d):
+        return [{"frame": f, "share": round(c / total, 3)}
+                for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self": share(own) if total else [],
+            "inclusive": share(incl) if total else []}
+
+
 # ---- measurements ------------------------------------------------------------------------------
 
 def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration: float,
-                temp_dir: str | None) -> dict:
+                temp_dir: str | None, profile_dir: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"{url}/predict", "--image", str(image),
            "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
@@ -134,6 +180,7 @@ def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     procs = cluster_processes(temp_dir) if temp_dir else []
     before = after = None
+    profilers: list = []
     t_start = t_end = 0.0
     result = None
     deadline = time.monotonic() + warmup + duration + 120
@@ -143,6 +190,8 @@ def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration
             if line == "START":
                 procs = cluster_processes(temp_dir) if temp_dir else []
                 before, t_start, sys0 = cpu_snapshot(procs), time.perf_counter(), machine_busy_s()
+                if profile_dir and temp_dir:
+                    profilers = start_profiles(temp_dir, profile_dir, max(1.0, duration - 1))
             elif line == "END":
                 after, t_end, sys1 = cpu_snapshot(procs), time.perf_counter(), machine_busy_s()
             elif line.startswith("{"):
@@ -156,6 +205,15 @@ def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration
             proc.wait()
     if result is None:
         raise RuntimeError(f"load generator failed (exit {proc.returncode})")
+    if profilers:
+        result["profiles"] = {}
+        for role, path, spy in profilers:
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+            if path.exists():
+                result["profiles"][role] = {"file": str(path), **summarize_profile(path)}
     if before is not None and after is not None:
         result["machine_busy_cores"] = round((sys1 - sys0) / (t_end - t_start), 3)
         if temp_dir:
@@ -272,6 +330,12 @@ def print_table(result: dict) -> None:
     if result.get("idle_cpu_cores"):
         print(f"idle CPU of the whole cluster: {result['idle_cpu_cores']['total']:.3f} cores "
               f"({result['idle_cpu_cores']})")
+    for run in result["served"]:
+        for role, prof in run.get("profiles", {}).items():
+            print(f"\n== py-spy {role} at c={run['concurrency']} ({prof['samples']} samples), "
+                  f"top self time ==")
+            for row in prof["self"][:8]:
+                print(f"  {row['share']:6.1%}  {row['frame'][:110]}")
     print(f"\nserved/limit at concurrency {result['reference_concurrency']}: "
           f"{s.get('ratio_at_reference') or float('nan'):.3f}; peak {s['peak_images_per_s'] or 0:.1f}"
           f" img/s; p99 at the knee (c={s['knee_concurrency']}): {s['knee_p99_ms'] or 0:.0f} ms")
@@ -349,6 +413,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pipeline-seconds", type=float, help="seconds per batch size (4)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="pipeline limit sweep")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (10)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the proxy, ingress and a model replica at the reference level "
+                        "(adds ~0.1 core of sampling overhead to that level)")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-12mp", action="store_true")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
@@ -424,7 +491,11 @@ def main(argv=None) -> int:
         result["served"] = []
         for rep in range(args.repeat):
             for c in args.concurrency:
-                run = run_loadgen(url, small_path, c, args.warmup, args.duration, temp_dir)
+                profile = (args.out / args.label if args.profile and rep == 0
+                           and c == args.reference_concurrency else None)
+                if profile:
+                    profile.mkdir(parents=True, exist_ok=True)
+                run = run_loadgen(url, small_path, c, args.warmup, args.duration, temp_dir, profile)
                 run["repeat"] = rep
                 result["served"].append(run)
                 print(f"  c={c:<3d} {run['images_per_s']:7.1f} img/s  p50 {run['p50_ms']:6.1f} ms  "

@@ -81,3 +81,15 @@ def test_window_stats_counts_failures_and_ignores_them_for_latency():
     samples = np.array([[1.0, 10.0, 1], [2.0, 20.0, 1], [3.0, 9999.0, 0], [9.0, 5.0, 1]])
     w = window_stats(samples, 0, 5)
     assert w["requests"] == 3 and w["failures"] == 1 and w["p99_ms"] < 21
+
+
+def test_profile_summary_splits_self_and_inclusive_time(tmp_path):
+    from bench.serving import summarize_profile
+
+    raw = tmp_path / "p.txt"
+    raw.write_text("main (a.py:1);decode (b.py:2) 30\nmain (a.py:1);forward (c.py:3) 60\n"
+                   "main (a.py:1) 10\n")
+    prof = summarize_profile(raw)
+    assert prof["samples"] == 100
+    assert prof["self"][0] == {"frame": "forward (c.py:3)", "share": 0.6}
+    assert prof["inclusive"][0] == {"frame": "main (a.py:1)", "share": 1.0}
