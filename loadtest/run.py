@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = locust_command(args, out)
     print(f"loadtest: {args.shape} shape, {args.users} users, {args.duration:g}s against {args.host}",
           flush=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = children.ru_utime + children.ru_stime
     try:
         # Locust's own exit code is 1 whenever any request failed; the SLO decides here instead.
         proc = subprocess.run(cmd, env=locust_env(args), cwd=REPO, timeout=args.duration + 90)
@@ -90,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loadtest: Locust failed (exit {proc.returncode}, stats written: {stats.exists()})",
               file=sys.stderr)
         return 2
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Locust shares the machine with the server when both run here: report what it cost.
+    locust_cpu_s = children.ru_utime + children.ru_stime - cpu_before
     result = evaluate(stats, args.slo_p99_ms, args.slo_error_ratio)
     summary = {"host": args.host, "shape": args.shape, "users": args.users,
-               "duration_s": args.duration, **result.as_dict()}
+               "duration_s": args.duration, "locust_cpu_s": round(locust_cpu_s, 2),
+               "locust_cpu_cores": round(locust_cpu_s / args.duration, 3), **result.as_dict()}
     (out / "slo.json").write_text(json.dumps(summary, indent=2) + "\n")
     verdict = "PASS" if result.passed else "FAIL: " + "; ".join(result.reasons)
     print(f"loadtest: {result.requests} requests, {result.rps:.1f} req/s, "
           f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, "
-          f"errors {result.failures} ({result.error_ratio:.3%}) -> SLO {verdict}", flush=True)
+          f"errors {result.failures} ({result.error_ratio:.3%}), Locust used "
+          f"{summary['locust_cpu_cores']:.2f} cores -> SLO {verdict}", flush=True)
     return 0 if result.passed else 1
 
 

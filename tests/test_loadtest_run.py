@@ -35,6 +35,7 @@ def test_smoke_run_against_the_real_app_passes_and_writes_reports(base_url, tmp_
         assert (tmp_path / name).stat().st_size > 0, name
     slo = json.loads((tmp_path / "slo.json").read_text())
     assert slo["passed"] is True and slo["failures"] == 0 and slo["requests"] > 0
+    assert slo["locust_cpu_cores"] > 0
     assert set(slo["per_task"]) == TASKS  # every weighted task ran
     assert all(t["requests"] > 0 and t["failures"] == 0 for t in slo["per_task"].values())
     assert "<html" in (tmp_path / "report.html").read_text()[:2000].lower()
