@@ -1,0 +1,214 @@
+"""A real Prometheus scraping the real app under bounded load: every overview-dashboard query and every
+rule expression returns data, and the custom metrics agree with the traffic the test sent.
+
+Queries on series that only exist in a Kubernetes cluster (cAdvisor, kube-state-metrics, the KubeRay
+operator) are listed below and only checked for syntax. Runtime: ~60-90 s (plus the shared Ray cluster).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
+
+import promstack  # noqa: E402
+from promstack import LOCAL_LABELS, Prometheus, boolify, drive_load, is_cluster_only, panels, substitute  # noqa: E402
+
+VARIABLES = {"namespace": LOCAL_LABELS["namespace"], "cluster": LOCAL_LABELS["ray_io_cluster"],
+             "application": "classifier", "datasource": "Prometheus"}
+SEL = 'namespace="classifier-test", application="classifier"'
+
+# Cluster-only queries, checked for syntax only: (panel title, refId) and alert names.
+CLUSTER_ONLY_TARGETS = {("Pods per Ray group", "A"), ("CPU per pod", "A"), ("Memory per pod", "A")}
+CLUSTER_ONLY_ALERTS = {"ClassifierRayServiceNotReady", "ClassifierPodCrashLooping", "ClassifierPodOOMKilled"}
+
+# Raw counters whose increase during the test must equal what the test sent.
+COUNTERS = {
+    "images_ok": f'sum(ray_classifier_images_total{{{SEL}, outcome="ok"}})',
+    "images_invalid": f'sum(ray_classifier_images_total{{{SEL}, outcome="invalid_image"}})',
+    "rejected_invalid": f'sum(ray_classifier_rejected_requests_total{{{SEL}, status="400", code="invalid_image"}})',
+    "rejected_not_found": f'sum(ray_classifier_rejected_requests_total{{{SEL}, status="404", code="not_found"}})',
+    "http_200": f'sum(ray_serve_num_http_requests_total{{{SEL}, status_code="200"}})',
+    "http_400": f'sum(ray_serve_num_http_requests_total{{{SEL}, status_code="400"}})',
+    "http_404": f'sum(ray_serve_num_http_requests_total{{{SEL}, status_code="404"}})',
+    "http_latency_count": f"sum(ray_serve_http_request_latency_ms_count{{{SEL}}})",
+    "decode_count": f"sum(ray_classifier_decode_seconds_count{{{SEL}}})",
+    "request_bytes_count": f"sum(ray_classifier_request_bytes_count{{{SEL}}})",
+    "batch_size_count": f"sum(ray_classifier_batch_size_count{{{SEL}}})",
+    "batch_seconds_count": f"sum(ray_classifier_batch_inference_seconds_count{{{SEL}}})",
+    "batches_processed": f"sum(ray_serve_batches_processed_total{{{SEL}}})",
+    "model_calls": f'sum(ray_serve_deployment_request_counter_total{{{SEL}, deployment="ImageClassifier", route!~".*ready.*"}})',
+}
+
+
+def read_counters(prom: Prometheus) -> dict[str, float]:
+    return {name: prom.value(expr, default=0.0) for name, expr in COUNTERS.items()}
+
+
+@pytest.fixture(scope="module")
+def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
+    """Prometheus scraping the shared cluster's metrics port, before/after counters around a bounded load."""
+    prom = Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"]})
+    with prom:
+        prom.wait_for(f"up{{job=\"ray-head-metrics\"}}", lambda v: v == 1, 30, "scrape of the Ray metrics port")
+        # Earlier tests in this session may still have increments on their way through Ray's metrics
+        # agent (exported every ~10 s): start from counters that have stopped moving.
+        before, stable_since = read_counters(prom), time.monotonic()
+        deadline = time.monotonic() + 90
+        while time.monotonic() - stable_since < 12:
+            assert time.monotonic() < deadline, "Ray's metrics never settled"
+            time.sleep(2)
+            now = read_counters(prom)
+            if now != before:
+                before, stable_since = now, time.monotonic()
+        started = time.time()
+        sent = drive_load(ray_cluster.serve_url, [cat_png, coffee_png, hopper_jpg], rounds=30, bad_every=5)
+        expected = {
+            "images_ok": sent["ok_images"], "images_invalid": sent["invalid_image"],
+            "rejected_invalid": sent["invalid_image"], "rejected_not_found": sent["not_found"],
+            "http_200": sent["statuses"].get("200", 0), "http_400": sent["statuses"].get("400", 0),
+            "http_404": sent["statuses"].get("404", 0),
+            "http_latency_count": sum(sent["statuses"].values()),
+            "decode_count": sent["ok_images"],
+            "request_bytes_count": sent["ok_requests"] + sent["invalid_image"],
+        }
+        # Wait until every increment made it through Ray's export into Prometheus.
+        deadline, delta = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            after = read_counters(prom)
+            delta = {k: after[k] - before[k] for k in after}
+            if all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0:
+                break
+            time.sleep(2)
+        # Rules evaluate every 2 s; give the SLO recording rules a few rounds over the new data.
+        prom.wait_for(f"count(classifier:slo_availability_errors:ratio_rate5m{{{SEL}}})", lambda v: v >= 1, 30,
+                      "SLO recording rules")
+        time.sleep(5)
+        yield {"prom": prom, "sent": sent, "expected": expected, "delta": delta, "start": started}
+
+
+def test_custom_metrics_agree_with_the_traffic_sent(loaded):
+    delta, expected, sent = loaded["delta"], loaded["expected"], loaded["sent"]
+    assert sent["ok_images"] > 0 and sent["invalid_image"] > 0
+    for name, value in expected.items():
+        assert delta[name] == value, f"{name}: metrics say {delta[name]}, the test sent {value} ({delta})"
+    # Two independent counts of model batches agree, and every classified image went through one model call.
+    assert delta["batch_size_count"] == delta["batches_processed"] == delta["batch_seconds_count"] > 0
+    assert delta["model_calls"] == sent["ok_images"]
+    assert 1 <= delta["images_ok"] / delta["batches_processed"] <= 16  # max_batch_size in serve_config.yaml
+
+
+def test_model_ready_gauge_reports_every_replica(loaded):
+    prom = loaded["prom"]
+    ready = prom.query(f'ray_classifier_model_ready{{{SEL}, deployment="ImageClassifier"}}')
+    assert len({r["metric"]["replica"] for r in ready}) == 2  # num_replicas in serve_config.yaml
+    assert all(float(r["value"][1]) == 1 for r in ready)
+
+
+def _overview_targets():
+    dash = promstack.dashboard()
+    return [(p["title"], t["refId"], t["expr"]) for p in panels(dash) for t in p["targets"]]
+
+
+def test_cluster_only_list_is_exact():
+    derived = {(title, ref) for title, ref, expr in _overview_targets() if is_cluster_only(expr)}
+    assert derived == CLUSTER_ONLY_TARGETS
+    alerts = {r["alert"]: r["expr"] for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r}
+    assert {name for name, expr in alerts.items() if is_cluster_only(expr)} == CLUSTER_ONLY_ALERTS
+
+
+@pytest.mark.parametrize("title,ref,expr", _overview_targets(), ids=lambda v: v if isinstance(v, str) else "")
+def test_overview_panel_query_returns_data(loaded, title, ref, expr):
+    prom = loaded["prom"]
+    query = substitute(expr, VARIABLES, rate_interval="2m")
+    result = prom.query(query)  # raises on a syntax error
+    if (title, ref) in CLUSTER_ONLY_TARGETS:
+        return
+    assert result, f"{title} [{ref}] returned no data: {query}"
+    values = [float(r["value"][1]) for r in result]
+    assert any(math.isfinite(v) for v in values), f"{title} [{ref}] only NaN/Inf: {values}"
+
+
+def test_overview_variables_resolve(loaded):
+    prom = loaded["prom"]
+    dash = promstack.dashboard()
+    expected = {"namespace": VARIABLES["namespace"], "cluster": VARIABLES["cluster"], "application": "classifier"}
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", var["query"]["query"])
+        assert m, var["query"]
+        selector = substitute(m.group(1), {"namespace": VARIABLES["namespace"], "cluster": VARIABLES["cluster"]})
+        values = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
+        assert expected[var["name"]] in values, (var["name"], values)
+
+
+def test_every_rule_is_healthy_and_returns_data(loaded):
+    prom = loaded["prom"]
+    groups = prom.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == sum(len(g["rules"]) for g in promstack.rule_groups()["groups"])
+    for rule in rules:
+        assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+        if rule["type"] == "recording":
+            assert prom.query(f"{rule['name']}{{{SEL}}}"), f"recording rule {rule['name']} has no data"
+    # Nothing fires on a healthy app under light load.
+    active = [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"]]
+    assert active == [], active
+
+
+def _alerts():
+    return [(r["alert"], r["expr"]) for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r]
+
+
+@pytest.mark.parametrize("name,expr", _alerts(), ids=lambda v: v if isinstance(v, str) and v.startswith("C") else "")
+def test_alert_expression_evaluates_on_real_series(loaded, name, expr):
+    """With every comparison in its `bool` form the alert's expression returns its whole input: it
+    must have data here, and every value must be 0 (would not fire) on the healthy app."""
+    prom = loaded["prom"]
+    absent = re.fullmatch(r"\s*absent\((.*)\)\s*", expr, re.S)
+    if absent:
+        assert prom.query(absent.group(1)), f"{name}: the series it watches are missing"
+        assert prom.query(expr) == [], f"{name} would fire"
+        return
+    result = prom.query(boolify(expr))  # raises on a syntax error
+    if name in CLUSTER_ONLY_ALERTS:
+        return
+    assert result, f"{name}: no data for {boolify(expr)}"
+    assert all(float(r["value"][1]) == 0 for r in result), f"{name} would fire: {result}"
+
+
+def test_ray_dashboards_queries_parse(loaded):
+    """Ray's exported dashboards: every query is valid PromQL for this Prometheus (syntax only: many
+    panels cover Ray features this app does not use)."""
+    prom = loaded["prom"]
+    checked = 0
+    for name in ("ray-serve.json", "ray-serve-deployment.json", "ray-default.json"):
+        for p in panels(promstack.dashboard(name)):
+            for t in p.get("targets", []):
+                expr = re.sub(r"\$\{?\w+\}?", ".*", substitute(t["expr"], {}, rate_interval="2m"))
+                try:
+                    prom.query(expr)
+                except ValueError as exc:
+                    pytest.fail(f"{name} / {p['title']}: {exc}")
+                checked += 1
+    assert checked > 50
+
+
+def test_render_overview_png(loaded, tmp_path):
+    """The docs renderer draws the main panels from this Prometheus' data."""
+    import render_overview
+
+    out = tmp_path / "overview.png"
+    drawn = render_overview.render(loaded["prom"].url, out, start=loaded["start"] - 30, end=time.time(),
+                                   variables=VARIABLES)
+    assert out.stat().st_size > 10_000
+    assert len(drawn) >= 8
+    assert requests.get(f"{loaded['prom'].url}/-/healthy", timeout=5).ok
