@@ -1,7 +1,12 @@
 """Application metrics, exported through Ray's metrics agent beside the built-in ``ray_serve_*`` ones.
 
-Ray prefixes every name with ``ray_`` and adds the ``deployment``, ``replica`` and ``application``
-tags itself. Tags here are bounded: model name, route template, outcome/error code.
+Ray prefixes every name with ``ray_`` (counters also get ``_total``) and adds the ``deployment``,
+``replica`` and ``application`` tags itself. Tags here are bounded: model name, route template,
+outcome/error code.
+
+Ray 2.60 exports a histogram's ``_sum`` rebuilt from bucket midpoints, so it is approximate: exact
+averages use counters (e.g. average batch size = model images / batch count), and latency panels
+use quantiles from the (exact) bucket counts.
 """
 
 from __future__ import annotations
@@ -66,15 +71,21 @@ class ModelMetrics:
             boundaries=BATCH_SIZE_BUCKETS,
             tag_keys=("model",),
         )
+        self.images = Counter(
+            "classifier_model_images",
+            description="Images run through the model; divided by batch count, the exact mean batch size.",
+            tag_keys=("model",),
+        )
         self.ready = Gauge(
             "classifier_model_ready",
             description="1 when this replica's model is loaded and warmed up, else 0.",
             tag_keys=("model",),
         )
-        for metric in (self.batch_seconds, self.image_seconds, self.batch_size, self.ready):
+        for metric in (self.batch_seconds, self.image_seconds, self.batch_size, self.images, self.ready):
             metric.set_default_tags(dict(self._tags))
 
     def observe_batch(self, size: int, seconds: float) -> None:
+        self.images.inc(size)
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
         self.image_seconds.observe(seconds / size)

@@ -1,0 +1,94 @@
+"""Open Inference Protocol v2 through the real tritonclient[http] client, binary and JSON."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from conftest import CAT_LABELS
+from serve_app.classifier import Classifier
+from serve_app.imaging import decode_image
+from serve_app.settings import AppSettings
+from ray_cluster import load_serve_config
+
+MODEL = "mobilenet_v2"
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with triton.InferenceServerClient(base_url.removeprefix("http://")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def local_classifier():
+    """The same model, built from the same Serve config args, called directly (no Ray)."""
+    args = load_serve_config()["applications"][0]["args"]
+    return Classifier(AppSettings(**args))
+
+
+def image_input(images: list[bytes], binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("image", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL)
+    assert meta["name"] == MODEL and meta["versions"] == ["IMAGENET1K_V1"]
+    assert {(i["name"], i["datatype"]) for i in meta["inputs"]} == {("image", "BYTES"), ("input", "FP32")}
+    assert meta["outputs"][0]["shape"] == [-1, 1000]
+    server = client.get_server_metadata()
+    assert {"binary_tensor_data", "classification"} <= set(server["extensions"])
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_encoded_images(client, cat_png, coffee_png, binary):
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary)]
+    result = client.infer(MODEL, [image_input([cat_png, coffee_png], binary)], outputs=outputs)
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (2, 1000) and probs.dtype == np.float32
+    classes = client.infer(
+        MODEL, [image_input([cat_png, coffee_png], binary)],
+        outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)],
+    ).as_numpy("probabilities")
+    assert classes.shape == (2, 3)
+    cat_top = classes[0][0].decode().split(":")
+    assert cat_top[2] in CAT_LABELS and int(cat_top[1]) == int(probs[0].argmax())
+    assert classes[1][0].decode().split(":")[2] == "espresso"
+    assert abs(float(cat_top[0]) - float(probs[0].max())) < 1e-5
+
+
+def test_served_probabilities_equal_a_direct_model_call(client, local_classifier, cat_png, hopper_jpg):
+    result = client.infer(MODEL, [image_input([cat_png, hopper_jpg], True)])
+    served = result.as_numpy("probabilities")
+    prep = local_classifier.info.preprocessing
+    direct = local_classifier.predict_uint8(
+        np.stack([decode_image(d, prep, 40_000_000) for d in (cat_png, hopper_jpg)])
+    )
+    np.testing.assert_allclose(served, direct, atol=1e-4)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_normalised_fp32_tensor(client, local_classifier, coffee_png, binary):
+    info = local_classifier.info
+    image = decode_image(coffee_png, info.preprocessing, 40_000_000)[None].astype(np.float32)
+    mean = np.array(info.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(info.std, np.float32).reshape(1, 3, 1, 1)
+    tensor = ((image.transpose(0, 3, 1, 2) / 255.0 - mean) / std).astype(np.float32)
+    inp = triton.InferInput("input", list(tensor.shape), "FP32")
+    inp.set_data_from_numpy(tensor, binary_data=binary)
+    probs = client.infer(MODEL, [inp]).as_numpy("probabilities")
+    assert info.categories[int(probs[0].argmax())] == "espresso"
+    np.testing.assert_allclose(probs, local_classifier.predict_normalized(tensor), atol=1e-4)
+
+
+def test_errors_reach_the_client_as_exceptions(client):
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(MODEL, [image_input([b"not an image"], True)])
+    assert err.value.status() == "400"
+    assert not client.is_model_ready("resnet50")
