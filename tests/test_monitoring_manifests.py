@@ -12,14 +12,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from conftest import CRDS_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
 
-import export_ray_dashboards  # noqa: E402
-import overview_dashboard  # noqa: E402
-from promstack import DASHBOARDS, MONITORING, REPO, panels, tool  # noqa: E402
+import export_ray_dashboards
+import overview_dashboard
+from promstack import DASHBOARDS, MONITORING, panels, tool
 
 CRD_FILES = {
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
@@ -86,7 +85,7 @@ def test_ray_pod_monitors_keep_the_cluster_label():
 
 
 def test_kustomize_builds_monitors_rules_and_dashboard_configmaps():
-    out = subprocess.run([tool("kubectl"), "kustomize", str(MONITORING)], capture_output=True, text=True)
+    out = subprocess.run([tool("kubectl"), "kustomize", str(MONITORING)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     kinds = sorted(d["kind"] for d in docs)
@@ -163,7 +162,7 @@ def test_ray_dashboards_use_a_templated_datasource(name):
 
 def test_alertmanager_example_passes_amtool():
     result = subprocess.run([tool("amtool"), "check-config", str(MONITORING / "alertmanager-config.example.yaml")],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -174,5 +173,5 @@ def test_amtool_routes_critical_alerts_to_the_pager():
                              ("alertname=ClassifierReplicaUnhealthy severity=warning", "classifier-tickets"),
                              ("alertname=SomethingElse severity=critical", "default")):
         out = subprocess.run([tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels.split()],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         assert out.stdout.strip() == receiver, (labels, out.stdout, out.stderr)

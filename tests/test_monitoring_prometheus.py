@@ -18,8 +18,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
 
-import promstack  # noqa: E402
-from promstack import LOCAL_LABELS, Prometheus, boolify, drive_load, is_cluster_only, panels, substitute  # noqa: E402
+import promstack
+from promstack import LOCAL_LABELS, Prometheus, boolify, drive_load, is_cluster_only, panels, substitute
 
 VARIABLES = {"namespace": LOCAL_LABELS["namespace"], "cluster": LOCAL_LABELS["ray_io_cluster"],
              "application": "classifier", "datasource": "Prometheus"}
@@ -57,7 +57,7 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
     """Prometheus scraping the shared cluster's metrics port, before/after counters around a bounded load."""
     prom = Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"]})
     with prom:
-        prom.wait_for(f"up{{job=\"ray-head-metrics\"}}", lambda v: v == 1, 30, "scrape of the Ray metrics port")
+        prom.wait_for("up{job=\"ray-head-metrics\"}", lambda v: v == 1, 30, "scrape of the Ray metrics port")
         # Earlier tests in this session may still have increments on their way through Ray's metrics
         # agent (exported every ~10 s): start from counters that have stopped moving.
         before, stable_since = read_counters(prom), time.monotonic()
@@ -173,7 +173,7 @@ def test_alert_expression_evaluates_on_real_series(loaded, name, expr):
     """With every comparison in its `bool` form the alert's expression returns its whole input: it
     must have data here, and every value must be 0 (would not fire) on the healthy app."""
     prom = loaded["prom"]
-    absent = re.fullmatch(r"\s*absent\((.*)\)\s*", expr, re.S)
+    absent = re.fullmatch(r"\s*absent\((.*)\)\s*", expr, re.DOTALL)
     if absent:
         assert prom.query(absent.group(1)), f"{name}: the series it watches are missing"
         assert prom.query(expr) == [], f"{name} would fire"

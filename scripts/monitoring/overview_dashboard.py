@@ -39,8 +39,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
     ("Service level", [
         ("Availability error budget left (30 d, 99.9 %)", "stat", "percentunit",
          [(f"1 - max(classifier:slo_availability_errors:ratio_rate30d{{{F}}}) / {AVAILABILITY_BUDGET}", "budget left")],
-         6, 5, "Share of the 30-day error budget (0.1 % of requests may fail with 5xx) not yet spent. "
-               "From the recording rules in monitoring/prometheusrule.yaml."),
+         6, 5, ("Share of the 30-day error budget (0.1 % of requests may fail with 5xx) not yet spent. "
+               "From the recording rules in monitoring/prometheusrule.yaml.")),
         ("Latency error budget left (30 d, 99 % < 500 ms)", "stat", "percentunit",
          [(f"1 - max(classifier:slo_latency_slow:ratio_rate30d{{{F}}}) / {LATENCY_BUDGET}", "budget left")],
          6, 5, "Share of the 30-day latency budget (1 % of requests may take over 500 ms) not yet spent."),
@@ -52,8 +52,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
            "availability {{ray_io_cluster}}"),
           (f"max by (namespace, ray_io_cluster) (classifier:slo_latency_slow:ratio_rate1h{{{F}}}) / {LATENCY_BUDGET}",
            "latency {{ray_io_cluster}}")],
-         6, 5, "How fast the error budgets burn: 1 = exactly on budget over 30 days; the fast-burn page fires "
-               "above 14.4 (1 h and 5 m windows)."),
+         6, 5, ("How fast the error budgets burn: 1 = exactly on budget over 30 days; the fast-burn page fires "
+               "above 14.4 (1 h and 5 m windows).")),
     ]),
     ("Traffic and errors", [
         ("Request rate by route and status", "timeseries", "reqps",
@@ -61,10 +61,10 @@ ROWS: list[tuple[str, list[tuple]]] = [
            "{{route}} {{status_code}}")],
          12, 8, "HTTP requests answered by the Serve proxies."),
         ("Error ratio", "timeseries", "percentunit",
-         [(f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"5.."}}[{RI}])) or vector(0))'
-           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))", "5xx (counts against the SLO)"),
-          (f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"4.."}}[{RI}])) or vector(0))'
-           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))", "4xx (client errors)")],
+         [((f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"5.."}}[{RI}])) or vector(0))'
+           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"), "5xx (counts against the SLO)"),
+          ((f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"4.."}}[{RI}])) or vector(0))'
+           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"), "4xx (client errors)")],
          12, 8, "Share of requests answered with an error status."),
         ("Rejected requests by error code", "timeseries", "reqps",
          [(f"sum by (status, code) (rate(ray_classifier_rejected_requests_total{{{F}}}[{RI}]))",
@@ -88,8 +88,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
     ]),
     ("Batching and queueing", [
         ("Batch size", "timeseries", "short",
-         [(f'sum(rate(ray_classifier_images_total{{{F}, outcome="ok"}}[{RI}]))'
-           f" / sum(rate(ray_serve_batches_processed_total{{{F}}}[{RI}]))", "average"),
+         [((f'sum(rate(ray_classifier_images_total{{{F}, outcome="ok"}}[{RI}]))'
+           f" / sum(rate(ray_serve_batches_processed_total{{{F}}}[{RI}]))"), "average"),
           *quantiles("ray_classifier_batch_size", (0.95,))],
          8, 8, "Images per model batch: average = images classified / batches run; p95 from the histogram."),
         ("Batch wait time", "timeseries", "ms",
@@ -104,8 +104,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
          quantiles("ray_classifier_request_bytes", (0.5, 0.95)), 8, 8,
          "Body size of prediction requests."),
         ("Images per second per model replica", "timeseries", "short",
-         [(f'sum by (replica) (rate(ray_serve_deployment_request_counter_total{{{F}, deployment="ImageClassifier", '
-           f'route!~".*ready.*"}}[{RI}]))', "{{replica}}")],
+         [((f'sum by (replica) (rate(ray_serve_deployment_request_counter_total{{{F}, deployment="ImageClassifier", '
+           f'route!~".*ready.*"}}[{RI}]))'), "{{replica}}")],
          8, 8, "Each call to the model deployment carries one image; calls from readiness checks are excluded."),
     ]),
     ("Replicas and pods", [
@@ -118,8 +118,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
           (f"max by (replica) (ray_classifier_model_ready{{{F}}})", "model loaded {{replica}}")],
          8, 8, "1 = healthy / model loaded and warmed up; 0 = not."),
         ("Pods per Ray group", "timeseries", "short",
-         [(f'count by (label_ray_io_group) (kube_pod_labels{{namespace=~"$namespace", label_ray_io_cluster=~"$cluster", '
-           f'label_ray_io_is_ray_node="yes"}} and on (namespace, pod) (kube_pod_status_phase{{phase="Running"}} == 1))',
+         [(('count by (label_ray_io_group) (kube_pod_labels{namespace=~"$namespace", label_ray_io_cluster=~"$cluster", '
+           'label_ray_io_is_ray_node="yes"} and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1))'),
            "{{label_ray_io_group}} (running pods)"),
           (f"count by (ray_io_cluster) (ray_node_cpu_count{{{NODE}}})", "Ray nodes reporting {{ray_io_cluster}}")],
          8, 8, "Running pods of each Ray worker group (kube-state-metrics), and Ray nodes that export metrics."),

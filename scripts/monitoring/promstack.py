@@ -147,7 +147,7 @@ class Prometheus:
             ],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log = open(self.dir / "prometheus.log", "wb")
+        self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
@@ -179,7 +179,7 @@ class Prometheus:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Prometheus:
+    def __enter__(self) -> Prometheus:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from promstack import (  # noqa: E402
-    LOCAL_LABELS, REPO, Prometheus, dashboard, drive_load, is_cluster_only, panels, substitute,
+from promstack import (
+    LOCAL_LABELS,
+    REPO,
+    Prometheus,
+    dashboard,
+    drive_load,
+    is_cluster_only,
+    panels,
+    substitute,
 )
 
 OUT = REPO / "docs" / "img" / "classifier-overview.png"
