@@ -29,7 +29,7 @@ CHART = REPO / "kuberay" / "chart"
 PLAIN_MANIFEST = REPO / "kuberay" / "rayservice.yaml"
 SERVE_CONFIG = REPO / "serve_config.yaml"
 HELM_VALUES = REPO / "helm-values"
-RELEASE = "image-classifier"
+RELEASE = "ray-serve-image-classifier"
 K8S_VERSIONS = ["1.29", "1.33"]
 
 # Every feature switched on at once, per mode: each optional template renders and validates.
@@ -475,6 +475,7 @@ def test_metrics_port_is_named_and_dashboard_env_is_set():
     env = {e["name"]: e.get("value") for e in head["env"]}
     for name in ("RAY_GRAFANA_HOST", "RAY_PROMETHEUS_HOST", "RAY_GRAFANA_IFRAME_HOST"):
         assert env[name].startswith("http"), name
+    assert env["RAY_PROMETHEUS_NAME"] == "Prometheus"
     deployment = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in deployment["ports"]}["metrics"] == 8080
 

@@ -15,7 +15,8 @@ if [ -z "${SKIP_MONITORING:-}" ]; then
   # First, so the operator's ServiceMonitor CRD exists when KubeRay's chart creates one.
   helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
     --version "$KUBE_PROMETHEUS_STACK_VERSION" -n monitoring --create-namespace \
-    -f helm-values/kube-prometheus-stack.yaml --wait --timeout 10m
+    -f monitoring/kube-prometheus-stack-values.yaml -f helm-values/kube-prometheus-stack.yaml \
+    --wait --timeout 10m
   operator_values=(-f helm-values/kuberay-operator.yaml)
 else
   operator_values=(-f helm-values/kuberay-operator.yaml --set metrics.serviceMonitor.enabled=false)
