@@ -156,6 +156,9 @@ def plot(result: dict, timeline: list[dict], samples: np.ndarray, t0: float, pat
     ax1.step([p["t"] - t0 for p in polls], [p["target"] for p in polls], where="post", color="C0",
              ls=":", label="target replicas")
     ax1.set_ylabel("replicas")
+    top = max([p["target"] or 0 for p in polls] + [len(p["replicas"]) for p in polls] + [1])
+    ax1.set_ylim(0, top + 1)
+    ax1.set_yticks(range(top + 2))
     ax1.set_xlabel("seconds since the test started")
     ax2 = ax1.twinx()
     if len(samples):
@@ -171,8 +174,8 @@ def plot(result: dict, timeline: list[dict], samples: np.ndarray, t0: float, pat
     ax2.set_ylabel("p99 latency (ms)")
     s0, s1 = result["spike_window_s"]
     ax1.axvspan(s0, s1, color="grey", alpha=0.15, label="10x spike")
-    fig.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
