@@ -10,6 +10,9 @@ kubectl label namespace "$APP_NAMESPACE" --overwrite \
   pod-security.kubernetes.io/warn=restricted
 helm upgrade --install "$RELEASE" kuberay/chart -n "$APP_NAMESPACE" -f "$VALUES" \
   --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}"
+if [ -z "${SKIP_MONITORING:-}" ] && kubectl get crd podmonitors.monitoring.coreos.com >/dev/null 2>&1; then
+  kubectl apply -k monitoring/ -n "$APP_NAMESPACE"   # PodMonitors, alert rules, dashboards
+fi
 mode=$(helm get values "$RELEASE" -n "$APP_NAMESPACE" --all -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mode"])')
 if [ "$mode" = rayservice ]; then
   echo "waiting for RayService $RELEASE to be Ready (first start pulls nothing but loads the model: minutes)"
