@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Step 1: a local cluster. kind by default; CLUSTER_TOOL=minikube for minikube (4 CPUs, 8 GiB).
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 case "${CLUSTER_TOOL:-kind}" in
   kind)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/k8s/*.sh: repo root, pinned versions, tools (.tools/bin first).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

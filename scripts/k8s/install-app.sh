@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step 4: the app. A namespace labelled for Pod Security "restricted", then the chart with
 # VALUES (default helm-values/app-dev.yaml; helm-values/app-deployment.yaml for mode=deployment).
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 need helm "run scripts/tools/helm.sh"
 VALUES=${VALUES:-helm-values/app-dev.yaml}

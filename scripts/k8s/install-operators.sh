@@ -2,6 +2,7 @@
 # Step 2: KubeRay operator 1.7 (kuberay-system), kube-prometheus-stack (monitoring), ingress-nginx
 # (ingress-nginx) and the Gateway API CRDs, with the pinned versions and helm-values/.
 # SKIP_MONITORING=1 / SKIP_INGRESS=1 leave those out on small laptops.
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 need helm "run scripts/tools/helm.sh"
 need kubectl "run scripts/tools/helm.sh (installs .tools/bin/kubectl)"

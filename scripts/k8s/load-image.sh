@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step 3: build the app image (Dockerfile) and load it into the local cluster's nodes.
 # SKIP_BUILD=1 loads an image you built already.
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 need docker "https://docs.docker.com/engine/install/"
 [ -n "${SKIP_BUILD:-}" ] || docker build -t "$IMAGE" .

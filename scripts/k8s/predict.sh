@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Step 5: port-forward the serve Service and classify a photo (default: the cat from scikit-image).
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 IMAGE_FILE=${1:-$(.venv/bin/python -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data" / "chelsea.png")')}
 mode=$(helm get values "$RELEASE" -n "$APP_NAMESPACE" --all -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mode"])')
