@@ -370,6 +370,12 @@ def test_values_schema_is_generated_and_current():
     assert result.returncode == 0, "values.schema.json is stale: run scripts/k8s/render.sh"
 
 
+def test_chart_readme_values_table_is_current():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "k8s" / "gen_chart_readme.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, "kuberay/chart/README.md is stale: run scripts/k8s/render.sh"
+
+
 BAD_VALUES = {
     "unknown mode": (["--set", "mode=statefulset"], "mode"),
     "negative deployment replicas": (["--set", "deployment.replicas=-1"], "deployment.replicas"),
