@@ -404,6 +404,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CPUs of the Ray node, and of the pipeline limit (default 2)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment of the Ray cluster started here (e.g. RAY_SERVE_ENABLE_HA_PROXY=1)")
+    p.add_argument("--env-note", default="",
+                   help="with --url: the environment the cluster was started with, for the record")
     p.add_argument("--concurrency", type=int, nargs="+")
     p.add_argument("--reference-concurrency", type=int, default=32,
                    help="the level for the served/limit ratio and the 12 MP comparison")
@@ -446,8 +448,9 @@ def main(argv=None) -> int:
     result: dict = {
         "label": args.label, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware(), "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
-        "config": str(args.config) if not args.url else None, "url": args.url,
-        "cluster_env": dict(kv.split("=", 1) for kv in args.env),
+        "config": str(args.config), "url": args.url,
+        "cluster_env": dict(kv.split("=", 1) for kv in [*args.env, *filter(None,
+                                                                           args.env_note.split(","))]),
         "model_deployment": {k: model.get(k) for k in ("num_replicas", "autoscaling_config",
                                                           "max_ongoing_requests", "user_config",
                                                           "ray_actor_options")},

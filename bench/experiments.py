@@ -1,0 +1,81 @@
+"""Run the recorded serving experiments back to back, sharing clusters where the config allows.
+
+    python -m bench.experiments [--out artifacts/bench] [--duration 10] [--only NAME ...]
+
+Each experiment is ``bench.serving --url`` against a cluster started here with one Serve config from
+``bench/configs/`` (or the default) deployed; experiments that differ only in the Serve config share a
+cluster (redeployed between them, as KubeRay would), those needing another cluster environment (e.g.
+``RAY_SERVE_ENABLE_HA_PROXY=1``) get their own. Also runs the Locust steady shape against the default
+config. Results land in ``--out`` as ``exp-<name>.json/.png/.log``; docs/PERFORMANCE.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bench" / "configs"
+sys.path.insert(0, str(REPO / "tests"))
+
+from ray_cluster import RayCluster, load_serve_config  # noqa: E402
+
+# (cluster env, [(name, config path or None for serve_config.yaml, extra bench.serving args)])
+PLAN = [
+    ({}, [
+        ("default-profiled", None, ["--profile"]),
+        ("batch4", CONFIGS / "batch4-wait1ms.yaml", []),
+        ("batch8", CONFIGS / "batch8-wait2ms.yaml", []),
+        ("batch32", CONFIGS / "batch32-wait20ms.yaml", []),
+        ("ingress2", CONFIGS / "ingress-2replicas.yaml", []),
+        ("locust-steady", None, None),
+    ]),
+    ({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, [("ha-proxy", None, [])]),
+    ({}, [("1x2threads", CONFIGS / "model-1x2threads.yaml", ["--with-pipeline"])]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--only", nargs="*")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for cluster_env, runs in PLAN:
+        runs = [r for r in runs if not args.only or r[0] in args.only]
+        if not runs:
+            continue
+        with RayCluster(env=cluster_env) as cluster:
+            for name, config_path, extra in runs:
+                config = load_serve_config(config_path) if config_path else load_serve_config()
+                print(f"== {name} (env {cluster_env})", flush=True)
+                cluster.deploy(config)
+                log = (args.out / f"exp-{name}.log").open("w")
+                if extra is None:  # the Locust suite, steady closed loop, against this config
+                    cmd = [sys.executable, "-m", "loadtest.run", "--host", cluster.serve_url,
+                           "--shape", "steady", "--users", "8", "--duration", "60",
+                           "--out", str(args.out / f"exp-{name}")]
+                else:
+                    cmd = [sys.executable, "-m", "bench.serving", "--url", cluster.serve_url,
+                           "--temp-dir", cluster.temp_dir, "--config",
+                           str(config_path or REPO / "serve_config.yaml"),
+                           "--skip-12mp", "--concurrency", "8", "32", "--duration", str(args.duration),
+                           "--out", str(args.out), "--label", f"exp-{name}"]
+                    if "--with-pipeline" in extra:
+                        extra = [e for e in extra if e != "--with-pipeline"]
+                    else:
+                        cmd.append("--skip-pipeline")
+                    cmd += [*extra, "--env-note", ",".join(f"{k}={v}" for k, v in cluster_env.items())]
+                rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    timeout=600).returncode
+                print(f"   exit {rc}; log {log.name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
