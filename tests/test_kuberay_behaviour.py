@@ -1,0 +1,62 @@
+"""KubeRay's serving behaviour, reproduced on a real Ray cluster (bench/recovery.py does the work).
+
+The operator PUTs serveConfigV2 to the head's dashboard; an in-place RayService update is another PUT.
+Under a bounded load (4 clients on 127.0.0.1): a user_config change and a replica-count change drop no
+request, and a SIGKILLed model replica is replaced by Serve within the 30 s target. The figures are
+printed and written to artifacts/kuberay_behaviour.json. About 1.5 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CAT_LABELS
+
+from bench.recovery import RENDERED_RAYSERVICE, run
+
+REPO = Path(__file__).resolve().parents[1]
+RECOVERY_TARGET_S = 30
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def figures(cat_png) -> dict:
+    result = run(cat_png, clients=4, log=lambda line: print(line, flush=True))
+    out = REPO / "artifacts" / "kuberay_behaviour.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def test_config_comes_from_the_rendered_rayservice(figures):
+    if RENDERED_RAYSERVICE.exists():
+        assert figures["config_source"] == "kuberay/rayservice.yaml serveConfigV2"
+    assert figures["first_prediction"] in CAT_LABELS
+
+
+def test_user_config_change_is_in_place_and_drops_nothing(figures):
+    phase = figures["user_config"]
+    assert phase["requests"] > 0
+    assert phase["failed"] == 0, phase["failures"]
+    assert not phase["replicas_restarted"], "user_config must apply through reconfigure(), not restarts"
+
+
+def test_replica_count_change_drops_nothing(figures):
+    phase = figures["scale"]
+    assert phase["requests"] > 0
+    assert phase["failed"] == 0, phase["failures"]
+
+
+def test_killed_replica_is_replaced_within_target(figures):
+    phase = figures["kill"]
+    print(f"\nreplica kill: recovery {phase['recovery_s']} s (target < {RECOVERY_TARGET_S} s), "
+          f"{phase['failed']} of {phase['requests']} requests failed")
+    assert phase["recovery_s"] < RECOVERY_TARGET_S
+    # Traffic goes on through the surviving replicas: successes follow the kill at once.
+    assert phase["first_success_after_kill_s"] is not None and phase["first_success_after_kill_s"] < 5
+    # Only requests in flight on the killed replica can fail: at most its max_ongoing_requests.
+    assert phase["failed"] <= 64, phase["failures"]
