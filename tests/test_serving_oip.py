@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -30,8 +32,10 @@ def local_classifier():
 
 
 def image_input(images: list[bytes], binary: bool) -> triton.InferInput:
+    """Binary: raw file bytes (length-prefixed by the client); JSON: base64 strings (JSON has no bytes)."""
     tensor = triton.InferInput("image", [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=binary)
+    elements = images if binary else [base64.b64encode(i) for i in images]
+    tensor.set_data_from_numpy(np.array(elements, dtype=np.object_), binary_data=binary)
     return tensor
 
 
