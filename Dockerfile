@@ -85,6 +85,7 @@ COPY --from=builder /home/ray/.cache/torch /home/ray/.cache/torch
 # Extra CA certificates for run time (e.g. a corporate TLS proxy): public certificates, so a build
 # argument is fine; declared after the big COPYs so that changing them rebuilds one small layer.
 # Login shells (KubeRay runs `bash -lc`) may reset PATH: the profile.d snippet restores the venv.
+# The weights stay root-owned (read-only for the app); ~/.cache itself belongs to the ray user.
 ARG EXTRA_CA_CERTS=""
 # SC2016: the profile.d line must keep $PATH unexpanded, to be expanded when a login shell reads it.
 # hadolint ignore=SC2016
@@ -94,7 +95,8 @@ RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
       && update-ca-certificates >/dev/null; \
     fi \
  && echo 'case ":$PATH:" in *:/opt/venv/bin:*) ;; *) export PATH=/opt/venv/bin:$PATH ;; esac' \
-      > /etc/profile.d/zz-ray-serve-venv.sh
+      > /etc/profile.d/zz-ray-serve-venv.sh \
+ && chown 1000 /home/ray/.cache
 WORKDIR /app
 COPY pyproject.toml serve_config.yaml ./
 COPY serve_app/ ./serve_app/

@@ -187,7 +187,8 @@ def test_serving_pods_are_running_and_ready(api_client, rendered, workload_ready
 def serve_service_name(rendered: list[dict], mode: str) -> str:
     if mode == "rayservice":
         return f"{by_kind(rendered, 'RayService')[0]['metadata']['name']}-serve-svc"  # KubeRay's name
-    [svc] = [s for s in by_kind(rendered, "Service") if any(p.get("name") == "serve" for p in s["spec"]["ports"])]
+    [svc] = [s for s in by_kind(rendered, "Service")
+             if any(p.get("name") == "serve" for p in s["spec"]["ports"])]
     return svc["metadata"]["name"]
 
 
