@@ -94,11 +94,15 @@ def test_image_metadata_and_contents(image, test_ca):
         "for d in /root/.cache/pip /home/ray/.cache/pip /tmp/offline-weights /build; do"
         "  if [ -e $d ]; then echo LEFTOVER:$d; fi; done;"
         f"grep -qF '{ca_line}' /etc/ssl/certs/ca-certificates.crt && echo CA_TRUSTED;"
+        "echo CACHE_OWNER=$(stat -c %u /home/ray/.cache) WEIGHTS_OWNER=$(stat -c %u "
+        "/home/ray/.cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth);"
         "ls /app; python -c 'import ray, torch; print(ray.__version__, torch.__version__)'"
     )
     out = docker("run", "--rm", "--network", "none", "--user", "0", image, "bash", "-c", script).stdout
     assert "COMPILER:" not in out and "LEFTOVER:" not in out, out
     assert "CA_TRUSTED" in out, out
+    # The ray user owns its cache dir; the baked-in weights stay root-owned, read-only to the app.
+    assert "CACHE_OWNER=1000 WEIGHTS_OWNER=0" in out, out
     assert {"serve_app", "serve_config.yaml", "pyproject.toml"} <= set(out.split()), out
     assert "2.60.0 2.14.1" in out, out
     # KubeRay starts Ray through a login shell, which may reset PATH: the venv must survive it.
