@@ -35,7 +35,13 @@ PLAN = [
     ]),
     ({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, [("ha-proxy", None, [])]),
     ({}, [("1x2threads", CONFIGS / "model-1x2threads.yaml", ["--with-pipeline"])]),
+    # A/B/A/B on one cluster: the machine's speed drifts over minutes (shared host), so a variant
+    # is only compared with the default measured right beside it.
+    ({}, [("ab-default-1", None, []), ("ab-batch4-1", CONFIGS / "batch4-wait1ms.yaml", []),
+          ("ab-default-2", None, []), ("ab-batch4-2", CONFIGS / "batch4-wait1ms.yaml", []),
+          ("ab-default-3", None, []), ("ab-batch32-3", CONFIGS / "batch32-wait20ms.yaml", [])]),
 ]
+AB_ONLY = {name for _, runs in PLAN[-1:] for name, _, _ in runs}
 
 
 def main() -> int:
@@ -47,7 +53,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for cluster_env, runs in PLAN:
-        runs = [r for r in runs if not args.only or r[0] in args.only]
+        runs = [r for r in runs if (r[0] in args.only if args.only else r[0] not in AB_ONLY)]
         if not runs:
             continue
         with RayCluster(env=cluster_env) as cluster:

@@ -106,6 +106,19 @@ def cpu_delta(before: dict, after: dict, wall_s: float) -> dict[str, float]:
     return by_role
 
 
+def cpu_probe_ms() -> float:
+    """Milliseconds for a fixed single-core job (best of 5): tracks the host's speed between runs,
+    since on a shared VM the same code runs measurably slower at some hours than others."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        table = {}
+        for i in range(300_000):  # interpreter-bound, like most of the serving path's overhead
+            table[i & 1023] = table.get(i & 1023, 0) + i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
 def machine_busy_s() -> float:
     t = psutil.cpu_times()
     return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
@@ -336,6 +349,7 @@ def print_table(result: dict) -> None:
                   f"top self time ==")
             for row in prof["self"][:8]:
                 print(f"  {row['share']:6.1%}  {row['frame'][:110]}")
+    print(f"\nhost speed probe (fixed Python loop, lower is faster): {result.get('cpu_probe_ms')} ms")
     print(f"\nserved/limit at concurrency {result['reference_concurrency']}: "
           f"{s.get('ratio_at_reference') or float('nan'):.3f}; peak {s['peak_images_per_s'] or 0:.1f}"
           f" img/s; p99 at the knee (c={s['knee_concurrency']}): {s['knee_p99_ms'] or 0:.0f} ms")
@@ -491,6 +505,7 @@ def main(argv=None) -> int:
             before = cpu_snapshot(procs)
             time.sleep(args.idle_seconds)
             result["idle_cpu_cores"] = cpu_delta(before, cpu_snapshot(procs), args.idle_seconds)
+        result["cpu_probe_ms"] = cpu_probe_ms()
         result["served"] = []
         for rep in range(args.repeat):
             for c in args.concurrency:
