@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,14 +53,41 @@ def read_counters(prom: Prometheus) -> dict[str, float]:
     return {name: prom.value(expr, default=0.0) for name, expr in COUNTERS.items()}
 
 
+def head_metrics_ports(cluster) -> dict[str, list[str]]:
+    """The head's autoscaler and dashboard metrics endpoints (the PodMonitor's as-metrics/dash-metrics
+    ports), found on this cluster's own processes rather than assumed (44217/44227 by default)."""
+    jobs = {"ray-head-autoscaler": "autoscaler/_private/monitor.py", "ray-head-dashboard": "dashboard/dashboard.py"}
+    found: dict[str, list[str]] = {}
+    for proc in cluster.processes():
+        cmdline = " ".join(proc.cmdline())
+        for job, script in jobs.items():
+            if script in cmdline:
+                ports = {c.laddr.port for c in proc.net_connections("tcp") if c.status == "LISTEN"}
+                ports -= {cluster.dashboard_port, cluster.metrics_port}
+                for port in sorted(ports):
+                    try:
+                        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                    except requests.RequestException:
+                        continue
+                    if "# TYPE" in body:
+                        found[job] = [f"127.0.0.1:{port}"]
+    assert set(found) == set(jobs), f"head metrics endpoints not found: {found}"
+    return found
+
+
 @pytest.fixture(scope="module")
 def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
     """Prometheus scraping the shared cluster's metrics port, before/after counters around a bounded load."""
-    prom = Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"]})
+    prom = Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"],
+                               **head_metrics_ports(ray_cluster)})
     with prom:
         prom.wait_for("up{job=\"ray-head-metrics\"}", lambda v: v == 1, 30, "scrape of the Ray metrics port")
-        # Earlier tests in this session may still have increments on their way through Ray's metrics
-        # agent (exported every ~10 s): start from counters that have stopped moving.
+        images = [cat_png, coffee_png, hopper_jpg]
+        # Every series must exist before the measured load: a new counter's first sample already holds
+        # all increments up to Ray's export, and rate() cannot see those.
+        drive_load(ray_cluster.serve_url, images, rounds=3, bad_every=1)
+        # This and earlier tests' increments may still be on their way through Ray's metrics agent
+        # (exported every ~10 s): start from counters that have stopped moving.
         before, stable_since = read_counters(prom), time.monotonic()
         deadline = time.monotonic() + 90
         while time.monotonic() - stable_since < 12:
@@ -69,7 +97,7 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
             if now != before:
                 before, stable_since = now, time.monotonic()
         started = time.time()
-        sent = drive_load(ray_cluster.serve_url, [cat_png, coffee_png, hopper_jpg], rounds=30, bad_every=5)
+        sent = drive_load(ray_cluster.serve_url, images, rounds=30, bad_every=5)
         expected = {
             "images_ok": sent["ok_images"], "images_invalid": sent["invalid_image"],
             "rejected_invalid": sent["invalid_image"], "rejected_not_found": sent["not_found"],
@@ -87,11 +115,29 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
             if all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0:
                 break
             time.sleep(2)
-        # Rules evaluate every 2 s; give the SLO recording rules a few rounds over the new data.
-        prom.wait_for(f"count(classifier:slo_availability_errors:ratio_rate5m{{{SEL}}})", lambda v: v >= 1, 30,
-                      "SLO recording rules")
-        time.sleep(5)
-        yield {"prom": prom, "sent": sent, "expected": expected, "delta": delta, "start": started}
+        # From here on a trickle of traffic, as in production: Ray stops exporting a gauge ~30 s after its
+        # last update (observed with 2.60), so an idle app loses its queue and batch gauges.
+        stop = threading.Event()
+        trickle = threading.Thread(target=_trickle, args=(ray_cluster.serve_url, cat_png, stop), daemon=True)
+        trickle.start()
+        try:
+            # Rules evaluate every 2 s; give them and Ray's next export time to see the new data.
+            prom.wait_for(f"count(classifier:slo_availability_errors:ratio_rate5m{{{SEL}}})", lambda v: v >= 1,
+                          30, "SLO recording rules")
+            time.sleep(12)
+            yield {"prom": prom, "sent": sent, "expected": expected, "delta": delta, "start": started}
+        finally:
+            stop.set()
+            trickle.join(timeout=30)
+
+
+def _trickle(base_url: str, image: bytes, stop: threading.Event) -> None:
+    with requests.Session() as http:
+        while not stop.wait(0.5):
+            try:
+                http.post(f"{base_url}/predict", data=image, headers={"content-type": "image/png"}, timeout=30)
+            except requests.RequestException:
+                pass
 
 
 def test_custom_metrics_agree_with_the_traffic_sent(loaded):
@@ -127,7 +173,8 @@ def test_cluster_only_list_is_exact():
 @pytest.mark.parametrize("title,ref,expr", _overview_targets(), ids=lambda v: v if isinstance(v, str) else "")
 def test_overview_panel_query_returns_data(loaded, title, ref, expr):
     prom = loaded["prom"]
-    query = substitute(expr, VARIABLES, rate_interval="2m")
+    # Rates over a window that covers the whole load (Grafana's $__rate_interval depends on the panel width).
+    query = substitute(expr, VARIABLES, rate_interval=f"{int(time.time() - loaded['start']) + 15}s")
     result = prom.query(query)  # raises on a syntax error
     if (title, ref) in CLUSTER_ONLY_TARGETS:
         return

@@ -34,8 +34,16 @@ from promstack import (
 )
 
 OUT = REPO / "docs" / "img" / "classifier-overview.png"
-SCALE = {"percentunit": (100, "%"), "s": (1000, "ms"), "ms": (1, "ms"), "bytes": (1 / 1024, "KiB"),
-         "reqps": (1, "req/s")}
+SCALE = {"percentunit": (100, "%"), "s": (1000, "ms"), "ms": (1, "ms"), "reqps": (1, "req/s")}
+
+
+def _scale(unit: str, peak: float) -> tuple[float, str]:
+    if unit == "bytes":
+        for factor, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if peak >= factor:
+                return 1 / factor, name
+        return 1, "bytes"
+    return SCALE.get(unit, (1, ""))
 
 
 def render(prom_url: str, out: Path, start: float, end: float, variables: dict[str, str],
@@ -79,7 +87,8 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
     for ax in axes.flat[len(drawn):]:
         ax.axis("off")
     for ax, (panel, lines) in zip(axes.flat, drawn):
-        factor, unit = SCALE.get(panel["fieldConfig"]["defaults"].get("unit", ""), (1, ""))
+        peak = max(abs(v) for _, points in lines for _, v in points)
+        factor, unit = _scale(panel["fieldConfig"]["defaults"].get("unit", ""), peak)
         for legend, points in lines[:8]:
             ax.plot([datetime.fromtimestamp(t) for t, _ in points], [v * factor for _, v in points],
                     label=legend[:40], linewidth=1.2)
@@ -90,7 +99,7 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
         ax.legend(fontsize=6, loc="upper left")
         ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%H:%M:%S"))
     fig.suptitle(f"{dashboard()['title']}  (rendered from Prometheus by {Path(__file__).name})", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
