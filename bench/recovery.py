@@ -1,6 +1,7 @@
 """What a RayService does to traffic, measured on a real Ray cluster: in-place updates and a replica kill.
 
     python -m bench.recovery [--clients 4] [--json artifacts/kuberay_behaviour.json]
+                             [--model-option health_check_period_s=2 ...]
 
 Starts a Ray head the way KubeRay starts a head pod (tests/ray_cluster.py), PUTs the serveConfigV2 of the
 rendered ``kuberay/rayservice.yaml`` to the dashboard (what the operator does), and under a bounded
@@ -171,10 +172,15 @@ def replica_process(cluster: RayCluster, pid: int) -> psutil.Process:
     return proc
 
 
-def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print) -> dict:
-    """The whole scenario on a fresh cluster; returns the figures (also logged as it goes)."""
+def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
+        model_options: dict | None = None) -> dict:
+    """The whole scenario on a fresh cluster; returns the figures (also logged as it goes).
+    ``model_options`` overrides fields of the model deployment's config (experiments only)."""
     base, source = rendered_serve_config()
     model = deployment_of(base)
+    if model_options:
+        model.update(model_options)
+        source += f" with {model_options}"
     replicas0 = model["num_replicas"]
     figures: dict = {"config_source": source, "clients": clients}
     started = time.monotonic()
@@ -259,9 +265,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=YAML",
+                        help="override a field of the model deployment, e.g. health_check_period_s=2")
     args = parser.parse_args()
+    options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model_option)}
     image = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
-    figures = run(image, args.clients)
+    figures = run(image, args.clients, model_options=options)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
