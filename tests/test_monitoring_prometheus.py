@@ -50,7 +50,9 @@ COUNTERS = {
 
 
 def read_counters(prom: Prometheus) -> dict[str, float]:
-    return {name: prom.value(expr, default=0.0) for name, expr in COUNTERS.items()}
+    # max_over_time per series: Ray may stop exporting an idle series for a while; its last value counts.
+    return {name: prom.value(re.sub(r"^sum\((.*)\)$", r"sum(max_over_time(\1[15m]))", expr), default=0.0)
+            for name, expr in COUNTERS.items()}
 
 
 def head_metrics_ports(cluster) -> dict[str, list[str]]:
@@ -108,11 +110,17 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
             "request_bytes_count": sent["ok_requests"] + sent["invalid_image"],
         }
         # Wait until every increment made it through Ray's export into Prometheus.
-        deadline, delta = time.monotonic() + 60, {}
+        # Stop early once every count matches, or once nothing has moved for 20 s (a count that is wrong
+        # then stays wrong; the test below reports it).
+        deadline, delta, last, moved = time.monotonic() + 60, {}, None, time.monotonic()
         while time.monotonic() < deadline:
             after = read_counters(prom)
             delta = {k: after[k] - before[k] for k in after}
             if all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0:
+                break
+            if after != last:
+                last, moved = after, time.monotonic()
+            elif time.monotonic() - moved > 20:
                 break
             time.sleep(2)
         # From here on a trickle of traffic, as in production: Ray stops exporting a gauge ~30 s after its
