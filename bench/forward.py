@@ -1,6 +1,6 @@
 """Benchmark the model forward pass alone: eager vs channels_last vs frozen TorchScript.
 
-    python -m bench.forward [--threads 1] [--batch-sizes 1 8 16 32] [--seconds 3]
+    python -m bench.forward [--threads 1] [--batch-sizes 1 8 16 32] [--seconds 3] [--device cpu|cuda]
 
 Prints images/s per variant and batch size; the fastest variant is the serving default.
 """
@@ -33,13 +33,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = {}
     for optimize in ("eager", "torchscript"):
-        settings = AppSettings(model_name=args.model, optimize=optimize, num_threads=args.threads)
+        settings = AppSettings(model_name=args.model, optimize=optimize, num_threads=args.threads,
+                               device=args.device)
         variants[optimize + "+channels_last"] = Classifier(settings).predict_uint8
-    plain = Classifier(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads))
+    plain = Classifier(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads,
+                                   device=args.device))
     plain.model = plain.model.to(memory_format=torch.contiguous_format)
 
     def contiguous(batch):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the pure modules (imaging, parsing) raise these without needing a web stack
+    from fastapi.responses import JSONResponse
 
 
 class ServiceError(Exception):
@@ -69,4 +72,6 @@ class NotReady(ServiceError):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
