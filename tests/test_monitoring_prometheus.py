@@ -45,7 +45,7 @@ COUNTERS = {
     "batch_size_count": f"sum(ray_classifier_batch_size_count{{{SEL}}})",
     "batch_seconds_count": f"sum(ray_classifier_batch_inference_seconds_count{{{SEL}}})",
     "batches_processed": f"sum(ray_serve_batches_processed_total{{{SEL}}})",
-    "model_calls": f'sum(ray_serve_deployment_request_counter_total{{{SEL}, deployment="ImageClassifier", route!~".*ready.*"}})',
+    "model_images": f"sum(ray_classifier_model_images_total{{{SEL}}})",
 }
 
 
@@ -153,10 +153,13 @@ def test_custom_metrics_agree_with_the_traffic_sent(loaded):
     assert sent["ok_images"] > 0 and sent["invalid_image"] > 0
     for name, value in expected.items():
         assert delta[name] == value, f"{name}: metrics say {delta[name]}, the test sent {value} ({delta})"
-    # Two independent counts of model batches agree, and every classified image went through one model call.
-    assert delta["batch_size_count"] == delta["batches_processed"] == delta["batch_seconds_count"] > 0
-    assert delta["model_calls"] == sent["ok_images"]
-    assert 1 <= delta["images_ok"] / delta["batches_processed"] <= 16  # max_batch_size in serve_config.yaml
+    # Every classified image went through the model exactly once, in batches of 1..max_batch_size.
+    assert delta["model_images"] == sent["ok_images"]
+    assert delta["batch_size_count"] == delta["batch_seconds_count"] > 0
+    assert 1 <= delta["model_images"] / delta["batch_size_count"] <= 16  # max_batch_size in serve_config.yaml
+    # Serve's own batch counter moves too (it is not used for exact figures: with a batch_size_fn,
+    # Ray 2.60 was seen counting each batch twice).
+    assert delta["batches_processed"] >= delta["batch_size_count"]
 
 
 def test_model_ready_gauge_reports_every_replica(loaded):

@@ -88,10 +88,11 @@ ROWS: list[tuple[str, list[tuple]]] = [
     ]),
     ("Batching and queueing", [
         ("Batch size", "timeseries", "short",
-         [((f'sum(rate(ray_classifier_images_total{{{F}, outcome="ok"}}[{RI}]))'
-           f" / sum(rate(ray_serve_batches_processed_total{{{F}}}[{RI}]))"), "average"),
+         [((f"sum(rate(ray_classifier_model_images_total{{{F}}}[{RI}]))"
+            f" / sum(rate(ray_classifier_batch_size_count{{{F}}}[{RI}]))"), "average"),
           *quantiles("ray_classifier_batch_size", (0.95,))],
-         8, 8, "Images per model batch: average = images classified / batches run; p95 from the histogram."),
+         8, 8, ("Images per model batch: average = images through the model / batches (both exact counts); "
+               "p95 from the histogram.")),
         ("Batch wait time", "timeseries", "ms",
          quantiles("ray_serve_batch_wait_time_ms", (0.5, 0.95)), 8, 8,
          "How long requests waited for their batch to fill (batch_wait_timeout_s caps it)."),
@@ -104,9 +105,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
          quantiles("ray_classifier_request_bytes", (0.5, 0.95)), 8, 8,
          "Body size of prediction requests."),
         ("Images per second per model replica", "timeseries", "short",
-         [((f'sum by (replica) (rate(ray_serve_deployment_request_counter_total{{{F}, deployment="ImageClassifier", '
-           f'route!~".*ready.*"}}[{RI}]))'), "{{replica}}")],
-         8, 8, "Each call to the model deployment carries one image; calls from readiness checks are excluded."),
+         [(f"sum by (replica) (rate(ray_classifier_model_images_total{{{F}}}[{RI}]))", "{{replica}}")],
+         8, 8, "Images classified per second by each model replica."),
     ]),
     ("Replicas and pods", [
         ("Target vs running replicas", "timeseries", "short",
