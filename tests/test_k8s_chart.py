@@ -454,8 +454,10 @@ def test_rayservice_cluster_shape():
     [workers] = cluster["workerGroupSpecs"]
     assert 0 < workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
     container = workers["template"]["spec"]["containers"][0]
-    assert "ray stop" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
-    assert workers["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert "kill -s TERM" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    drain = int({e["name"]: e.get("value") for e in container["env"]}["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+    # preStop pause + node drain + process shutdown fit in the grace period.
+    assert workers["template"]["spec"]["terminationGracePeriodSeconds"] >= 15 + drain + 20
     assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
     assert "gcsFaultToleranceOptions" not in cluster
 

@@ -1,8 +1,15 @@
-"""The chart's `deployment`-mode pod, run for real: the container spec from `helm template` (command,
-env, ConfigMap env, the Ray token Secret as a file, emptyDirs, security context, CPU/memory limits)
-translated one-to-one into `docker run` flags on the built image, in its own network namespace as a
-pod would be. It must become ready, classify the cat, export app metrics on the port named `metrics`,
-and stop gracefully on TERM (the command's trap runs `ray stop`) well within the grace period.
+"""The chart's pods, run for real in Docker: each container spec from `helm template` (command, env,
+ConfigMap env, Secret files, emptyDirs, security context, CPU/memory limits) translated one-to-one into
+`docker run` flags on the built image, each pod in its own network namespace.
+
+* `deployment` mode: the pod becomes ready, classifies the cat, exports app metrics on the port named
+  `metrics`, and stops gracefully on TERM (the command's trap runs `ray stop`) well within the grace period.
+* `rayservice` mode: the head and worker pod templates, started the way KubeRay starts them
+  (`ray start` with the group's rayStartParams, CPU/memory from the limits, the token in RAY_AUTH_TOKEN)
+  on a private Docker network, form a Ray cluster under the same restrictions; the rendered serveConfigV2
+  PUT to the head's dashboard (what the operator does) runs every replica on the worker (head
+  `num-cpus: "0"`), the worker's proxy classifies the cat, both pods export metrics on port `metrics`, and the
+  worker's preStop hook drains it.
 
 Needs Docker and the image (tests/test_image_container.py builds it; so does scripts/image/build.sh).
 """
@@ -11,13 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shlex
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CAT_LABELS
 
+import test_k8s_chart as k8s_chart
 from test_k8s_chart import one, render
 
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -35,6 +46,17 @@ def in_pod(name: str, code: str, stdin: bytes | None = None, timeout: float = 60
     return docker("exec", "-i", name, "python", "-c", code, input=stdin, timeout=timeout, check=False)
 
 
+def http_get(name: str, url: str, token: str | None = None) -> subprocess.CompletedProcess:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return in_pod(name, f"import urllib.request as u; print(u.urlopen(u.Request({url!r}, headers={headers!r}), "
+                        "timeout=10).read().decode())")
+
+
+def logs(name: str) -> str:
+    out = docker("logs", name, check=False)
+    return (out.stdout + out.stderr).decode(errors="replace")[-4000:]
+
+
 def to_bytes(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
     for suffix, factor in units.items():
@@ -43,13 +65,11 @@ def to_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def docker_run_args(docs: list[dict], token_file: Path) -> tuple[list[str], dict]:
-    """`docker run` flags equivalent to the rendered Deployment's pod (what the kubelet would do)."""
-    deployment = one(docs, "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    [container] = pod["containers"]
-    ctx, pod_ctx = container["securityContext"], pod["securityContext"]
-    args = ["--user", f"{ctx['runAsUser']}:{ctx['runAsGroup']}", "--network", "none"]
+def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[str, Path],
+                 network: str) -> list[str]:
+    """`docker run` flags equivalent to one pod's container (what the kubelet would set up)."""
+    ctx = container["securityContext"]
+    args = ["--user", f"{ctx['runAsUser']}:{ctx['runAsGroup']}", "--network", network]
     if ctx["readOnlyRootFilesystem"]:
         args.append("--read-only")
     if "ALL" in ctx["capabilities"]["drop"]:
@@ -69,81 +89,182 @@ def docker_run_args(docs: list[dict], token_file: Path) -> tuple[list[str], dict
                 args += ["--tmpfs", f"{mount['mountPath']}:rw,exec,mode=1777,size={size}"]
         elif "secret" in volume:
             [item] = volume["secret"]["items"]
-            args += ["-v", f"{token_file}:{mount['mountPath']}/{item['path']}:ro"]
+            args += ["-v", f"{secret_files[volume['secret']['secretName']]}:{mount['mountPath']}/{item['path']}:ro"]
         else:
             raise AssertionError(f"unexpected volume {volume}")
-    settings = one(docs, "ConfigMap")["data"]
     for name, value in settings.items():
         args += ["-e", f"{name}={value}"]
     for env in container["env"]:
         assert "value" in env, f"env {env['name']} needs a source the test does not emulate"
         args += ["-e", f"{env['name']}={env['value']}"]
-    args += ["--entrypoint", container["command"][0]]
-    return args + ["IMAGE"] + container["command"][1:], {"pod": pod, "container": container,
-                                                          "fs_group": pod_ctx.get("fsGroup")}
+    return args
 
 
-def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(cat_png, tmp_path):
+@pytest.fixture(scope="module")
+def image() -> str:
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
     started = subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "start"], capture_output=True,
                              text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
-    docs = render("deployment")
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    image = container["image"]
+    image = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert docker("image", "inspect", image, check=False).returncode == 0, (
         f"image {image} not built: run scripts/image/build.sh (or tests/test_image_container.py)")
+    baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image, "/app/serve_config.yaml").stdout
+    assert baked.decode() == (REPO / "serve_config.yaml").read_text(), (
+        f"image {image} is older than serve_config.yaml: rebuild it (scripts/image/build.sh)")
+    return image
+
+
+def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_png, tmp_path):
+    docs = render("deployment")
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == image
     # The Secret volume as the kubelet writes it: group fsGroup, mode 0440.
+    secret = one(docs, "Secret")
     token_file = tmp_path / "auth_token"
     token_file.write_text("t" * 48)
-    args, pod = docker_run_args(docs, token_file)
-    os.chown(token_file, 0, pod["fs_group"])
+    os.chown(token_file, 0, pod["securityContext"]["fsGroup"])
     token_file.chmod(0o440)
+    args = pod_run_args(pod, container, one(docs, "ConfigMap")["data"],
+                        {secret["metadata"]["name"]: token_file}, network="none")
     name = f"k8s-deployment-pod-{os.getpid()}"
-    args[args.index("IMAGE")] = image
-    docker("run", "-d", "--name", name, *args)
+    docker("run", "-d", "--name", name, *args, "--entrypoint", container["command"][0], image,
+           *container["command"][1:])
     try:
         serve_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "serve")
         metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
         probe = container["readinessProbe"]["httpGet"]["path"]
         begin = time.monotonic()
-        while True:
-            ready = in_pod(name, f"import urllib.request as u; u.urlopen('http://127.0.0.1:{serve_port}{probe}', "
-                                 "timeout=4)")
-            if ready.returncode == 0:
-                break
+        while http_get(name, f"http://127.0.0.1:{serve_port}{probe}").returncode != 0:
             state = json.loads(docker("inspect", name).stdout)[0]["State"]
-            logs = docker("logs", name, check=False)
-            assert state["Running"], "pod exited:\n" + (logs.stdout + logs.stderr).decode()[-4000:]
-            assert time.monotonic() - begin < READY_TIMEOUT_S, "never ready:\n" + logs.stderr.decode()[-4000:]
+            assert state["Running"], "pod exited:\n" + logs(name)
+            assert time.monotonic() - begin < READY_TIMEOUT_S, "never ready:\n" + logs(name)
             time.sleep(2)
         print(f"\ndeployment-mode pod ready in {time.monotonic() - begin:.1f} s")
-        predict = in_pod(name, "import sys, json, urllib.request as u; r = u.Request("
+        predict = in_pod(name, "import sys, urllib.request as u; r = u.Request("
                                f"'http://127.0.0.1:{serve_port}/predict', data=sys.stdin.buffer.read(), "
                                "headers={'Content-Type': 'image/png'}); "
                                "print(u.urlopen(r, timeout=30).read().decode())", stdin=cat_png)
         assert predict.returncode == 0, predict.stderr.decode()
         assert json.loads(predict.stdout)["predictions"][0]["label"] in CAT_LABELS
         liveness = container["livenessProbe"]["httpGet"]["path"]
-        assert in_pod(name, f"import urllib.request as u; u.urlopen('http://127.0.0.1:{serve_port}{liveness}')"
-                      ).returncode == 0
+        assert http_get(name, f"http://127.0.0.1:{serve_port}{liveness}").returncode == 0
         # App metrics appear on the named metrics port (Ray exports them every few seconds).
-        deadline = time.monotonic() + 60
-        text = ""
+        deadline, text = time.monotonic() + 60, ""
         while time.monotonic() < deadline and "ray_classifier_" not in text:
             time.sleep(3)
-            scraped = in_pod(name, f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:"
-                                   f"{metrics_port}/metrics', timeout=10).read().decode())")
-            text = scraped.stdout.decode()
+            text = http_get(name, f"http://127.0.0.1:{metrics_port}/metrics").stdout.decode()
         assert "ray_classifier_" in text, text[-2000:]
         # TERM (what the kubelet sends after preStop): the trap stops Ray and exits 0, within the grace.
-        grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        grace = pod["terminationGracePeriodSeconds"]
         begin = time.monotonic()
         docker("stop", "-t", str(grace), name, timeout=grace + 30)
         stopped_in = time.monotonic() - begin
         state = json.loads(docker("inspect", name).stdout)[0]["State"]
         print(f"stopped in {stopped_in:.1f} s, exit code {state['ExitCode']}")
-        assert state["ExitCode"] == 0, docker("logs", name, check=False).stderr.decode()[-3000:]
+        assert state["ExitCode"] == 0, logs(name)
         assert stopped_in < grace - 5
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def kuberay_command(group: dict, container: dict, head_address: str | None) -> str:
+    """The container command KubeRay generates for a group: `ray start` with its rayStartParams, CPUs and
+    memory from the container's limits, run through a login shell as KubeRay does."""
+    params = dict(group["rayStartParams"])
+    limits = container["resources"]["limits"]
+    params.setdefault("num-cpus", str(limits["cpu"]))
+    params.setdefault("memory", str(to_bytes(limits["memory"])))
+    flags = " ".join(f"--{key}={shlex.quote(str(value))}" for key, value in params.items())
+    start = "ray start --head" if head_address is None else f"ray start --address={head_address}:6379"
+    return f"ulimit -n 65536; {start} {flags} --block"
+
+
+def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_png):
+    # A single worker cannot hand its replicas to another node, so its drain always runs to the timeout:
+    # a short one keeps the test short (the default, 60 s, is checked against the grace period elsewhere).
+    docs = [d for d in yaml.safe_load_all(k8s_chart.run_helm(
+        "template", k8s_chart.RELEASE, str(k8s_chart.CHART), "--set", "ray.worker.drainTimeoutSeconds=10").stdout) if d]
+    service = one(docs, "RayService")
+    settings = one(docs, "ConfigMap")["data"]
+    cluster = service["spec"]["rayClusterConfig"]
+    head_group, [worker_group] = cluster["headGroupSpec"], cluster["workerGroupSpecs"]
+    token = secrets.token_hex(32)  # KubeRay's authOptions: a generated Secret, injected as env
+    auth_env = ["-e", "RAY_AUTH_MODE=token", "-e", f"RAY_AUTH_TOKEN={token}"]
+    network = f"k8s-rayservice-{os.getpid()}"
+    head, worker = f"{network}-head", f"{network}-worker"
+    docker("network", "create", "--driver", "bridge", network)
+    try:
+        pods = {}
+        for name, group, address in ((head, head_group, None), (worker, worker_group, head)):
+            pod = group["template"]["spec"]
+            [container] = pod["containers"]
+            assert container["image"] == image
+            args = pod_run_args(pod, container, settings, {}, network=network)
+            docker("run", "-d", "--name", name, "--hostname", name, *args, *auth_env,
+                   "--entrypoint", "/bin/bash", image, "-lc", kuberay_command(group, container, address))
+            pods[name] = (pod, container)
+        dashboard_port = next(p["containerPort"] for p in pods[head][1]["ports"] if p["name"] == "dashboard")
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        begin = time.monotonic()
+        while http_get(head, f"{dashboard}/api/serve/applications/", token).returncode != 0:
+            for name in (head, worker):
+                assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"], (
+                    f"{name} exited:\n" + logs(name))
+            assert time.monotonic() - begin < 120, "head dashboard never answered:\n" + logs(head)
+            time.sleep(2)
+        # What the operator does with serveConfigV2.
+        config = json.dumps(yaml.safe_load(service["spec"]["serveConfigV2"])).encode()
+        put = in_pod(head, "import sys, urllib.request as u; r = u.Request("
+                           f"'{dashboard}/api/serve/applications/', data=sys.stdin.buffer.read(), method='PUT', "
+                           f"headers={{'Content-Type': 'application/json', 'Authorization': 'Bearer {token}'}}); "
+                           "print(u.urlopen(r, timeout=30).status)", stdin=config)
+        assert put.returncode == 0 and put.stdout.strip() == b"200", put.stderr.decode()
+        while True:
+            status = json.loads(http_get(head, f"{dashboard}/api/serve/applications/", token).stdout or b"{}")
+            app = status.get("applications", {}).get("classifier", {})
+            if app.get("status") == "RUNNING":
+                break
+            assert app.get("status") != "DEPLOY_FAILED", app.get("message")
+            assert time.monotonic() - begin < READY_TIMEOUT_S, f"not RUNNING: {app}\n" + logs(worker)
+            time.sleep(3)
+        print(f"\nRayService pods: application RUNNING {time.monotonic() - begin:.1f} s after start")
+        worker_ip = json.loads(docker("inspect", worker).stdout)[0]["NetworkSettings"]["Networks"][network][
+            "IPAddress"]
+        replica_ips = {r["node_ip"] for d in app["deployments"].values() for r in d["replicas"]}
+        assert replica_ips == {worker_ip}, f"replicas on {replica_ips}, worker is {worker_ip}"
+        predict = in_pod(worker, "import sys, urllib.request as u; r = u.Request("
+                                 "'http://127.0.0.1:8000/predict', data=sys.stdin.buffer.read(), "
+                                 "headers={'Content-Type': 'image/png'}); "
+                                 "print(u.urlopen(r, timeout=30).read().decode())", stdin=cat_png)
+        assert predict.returncode == 0, predict.stderr.decode()
+        assert json.loads(predict.stdout)["predictions"][0]["label"] in CAT_LABELS
+        for name, expected in ((head, "ray_"), (worker, "ray_classifier_")):
+            port = next(p["containerPort"] for p in pods[name][1]["ports"] if p["name"] == "metrics")
+            deadline, text = time.monotonic() + 60, ""
+            while time.monotonic() < deadline and expected not in text:
+                time.sleep(3)
+                text = http_get(name, f"http://127.0.0.1:{port}/metrics").stdout.decode()
+            assert expected in text, f"{name} :{port}/metrics lacks {expected}"
+        # The worker's preStop hook (what the kubelet runs before TERM) stops its Ray node gracefully.
+        pre_stop = pods[worker][1]["lifecycle"]["preStop"]["exec"]["command"]
+        begin = time.monotonic()
+        drained = docker("exec", worker, *pre_stop, timeout=pods[worker][0]["terminationGracePeriodSeconds"],
+                         check=False)
+        took = time.monotonic() - begin
+        print(f"worker preStop finished in {took:.1f} s (rc {drained.returncode})")
+        assert drained.returncode == 0, (drained.stdout + drained.stderr).decode()[-2000:]
+        assert took < pods[worker][0]["terminationGracePeriodSeconds"]
+        # `ray start --block` has drained the node and ended: the pod exits promptly.
+        deadline = time.monotonic() + 10
+        while json.loads(docker("inspect", worker).stdout)[0]["State"]["Running"]:
+            if time.monotonic() > deadline:
+                ps = docker("exec", worker, "sh", "-c", "for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p; echo; done",
+                            check=False).stdout.decode()
+                pytest.fail(f"worker still running after preStop:\n{drained.stdout.decode()[-1500:]}\n{ps}")
+            time.sleep(1)
+    finally:
+        docker("rm", "-f", head, worker, check=False)
+        docker("network", "rm", network, check=False)

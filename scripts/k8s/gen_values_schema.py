@@ -55,7 +55,7 @@ def schema() -> dict:
         "groupName": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 40},
         "replicas": COUNT, "minReplicas": COUNT, "maxReplicas": COUNT,
         "idleTimeoutSeconds": SECONDS, "rayStartParams": STR_MAP, "resources": RESOURCES,
-        "terminationGracePeriodSeconds": SECONDS,
+        "terminationGracePeriodSeconds": SECONDS, "drainTimeoutSeconds": SECONDS,
         "preStopCommand": {"type": "array", "minItems": 1, "items": STR},
         "topologySpreadConstraints": LIST, "nodeSelector": MAP, "tolerations": LIST, "affinity": MAP,
     }, allOf=min_le_max("minReplicas", "maxReplicas"))
