@@ -199,12 +199,12 @@ def main(argv=None) -> int:
     params = ShapeParams(users=args.users, duration_s=args.duration)
 
     sys.path.insert(0, str(REPO / "tests"))
-    from ray_cluster import RayCluster
+    from ray_cluster import RayCluster, serve_env
 
     config = yaml.safe_load(args.config.read_text())
     samples_path = args.out / "samples.csv"
     samples_path.unlink(missing_ok=True)
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}  # production defaults + overrides
     with RayCluster(num_cpus=args.cores, env=env) as cluster:
         print(f"deploying {args.config} ...", flush=True)
         cluster.deploy(config)

@@ -489,9 +489,9 @@ def main(argv=None) -> int:
             url = args.url.rstrip("/")
         else:
             sys.path.insert(0, str(REPO / "tests"))
-            from ray_cluster import RayCluster
+            from ray_cluster import RayCluster, serve_env
 
-            env = dict(kv.split("=", 1) for kv in args.env)
+            env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}  # production defaults + overrides
             print(f"starting a Ray cluster ({args.cores} CPUs, env {env}) and deploying "
                   f"{args.config} ...", flush=True)
             cluster = RayCluster(num_cpus=args.cores, env=env).start()

@@ -32,7 +32,7 @@ def resolve_device(requested: str) -> torch.device:
 class Classifier:
     """A loaded, optimised and warmed-up model that maps image batches to class probabilities."""
 
-    def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] = (1, 8)):
+    def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] = tuple(range(1, 17))):
         started = time.perf_counter()
         torch.set_num_threads(settings.num_threads)
         self.device = resolve_device(settings.device)
@@ -61,12 +61,23 @@ class Classifier:
         # (x / 255 - mean) / std  ==  x * scale + shift
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
-        for size in warmup_batch_sizes:
-            for _ in range(2):  # the TorchScript profiling executor specialises on the 2nd run
-                self.predict_uint8(np.zeros((size, crop, crop, 3), np.uint8))
+        self._warm: set[int] = set()
+        self.warm_up(warmup_batch_sizes)
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s %s on %s in %.2fs", settings.model_name, self.info.version,
                  self.device, self.load_seconds)
+
+    def warm_up(self, batch_sizes) -> None:
+        """Run each not-yet-seen batch size twice.
+
+        TorchScript's profiling executor specialises per input shape; a size first seen in the middle
+        of traffic costs slow profiling runs, so every size the batcher can form is run up front.
+        """
+        crop = self.input_shape[1]
+        for size in sorted(set(batch_sizes) - self._warm):
+            for _ in range(2):
+                self.predict_uint8(np.zeros((size, crop, crop, 3), np.uint8))
+            self._warm.add(size)
 
     @property
     def num_classes(self) -> int:

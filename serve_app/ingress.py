@@ -1,11 +1,13 @@
 """The HTTP ingress and preprocessing deployment: FastAPI routes, validation, decode, fan-out.
 
-Every image of a request is decoded in a thread pool (PIL releases the GIL) and sent to the model
-deployment as its own call, so the model batches images across requests and ingress replicas.
+Every image of a request is decoded in a thread pool (PIL releases the GIL). Decoded images from
+concurrent requests are grouped (``@serve.batch`` here too, a short wait) into one model call each,
+so one Ray call carries several images; the model batches those groups across ingress replicas.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on the Serve-wrapped methods.
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +168,8 @@ class ImageIngress:
     def reconfigure(self, user_config: dict) -> None:
         self._tuning = IngressTuning.model_validate(user_config or {})
         logging.getLogger("ray.serve").setLevel(self._tuning.log_level)
+        self._model_call.set_max_batch_size(self._tuning.max_images_per_model_call)
+        self._model_call.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
 
     # ---- service endpoints -------------------------------------------------------------------
 
@@ -243,9 +247,37 @@ class ImageIngress:
         except ServiceError as exc:
             self._metrics.images.inc(len(images), tags={**self._model_tags, "outcome": exc.code})
             raise
-        probabilities = await self._call_model(self._model.classify, arrays)
-        self._metrics.images.inc(len(images), tags={**self._model_tags, "outcome": "ok"})
-        return probabilities
+        with self._model_errors(len(images)):
+            return await asyncio.gather(*(self._model_call(a) for a in arrays))
+
+    @contextlib.contextmanager
+    def _model_errors(self, count: int):
+        """Count the images' outcome and map model-side failures to a retryable 503."""
+        try:
+            yield
+        except BackPressureError:
+            self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "overloaded"})
+            raise Overloaded("the model queue is full; retry shortly") from None
+        except RayActorError:
+            self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "replica_failed"})
+            raise Overloaded("a model replica failed during the request; retry") from None
+        self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "ok"})
+
+    # Many model calls may be in flight (one per group); the wait only collects images that arrive
+    # together, so a lone request pays at most ``model_call_wait_s``.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=256)
+    async def _model_call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return list(await self._model.classify.remote(np.stack(arrays)))
+
+    async def _classify_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """Already-normalised FP32 input, sent in groups of at most ``max_images_per_model_call``."""
+        step = self._tuning.max_images_per_model_call
+        with self._model_errors(len(tensor)):
+            parts = await asyncio.gather(*(
+                self._model.classify_normalized.remote(tensor[i : i + step])
+                for i in range(0, len(tensor), step)
+            ))
+        return np.concatenate(parts)
 
     def _decode(self, data: bytes) -> np.ndarray:
         started = time.perf_counter()
@@ -253,14 +285,6 @@ class ImageIngress:
         self._metrics.decode_seconds.observe(time.perf_counter() - started, tags=self._model_tags)
         return array
 
-    async def _call_model(self, method, items) -> list[np.ndarray]:
-        try:
-            return await asyncio.gather(*(method.remote(item) for item in items))
-        except BackPressureError:
-            self._metrics.images.inc(len(items), tags={**self._model_tags, "outcome": "overloaded"})
-            raise Overloaded("the model queue is full; retry shortly") from None
-        except RayActorError:
-            raise Overloaded("a model replica failed during the request; retry") from None
 
     # ---- Open Inference Protocol v2 ----------------------------------------------------------
 
@@ -324,11 +348,10 @@ class ImageIngress:
             self._limits.max_images_per_request,
         )
         if parsed.images is not None:
-            rows = await self._classify_images(parsed.images)
+            probabilities = np.stack(await self._classify_images(parsed.images))
         else:
-            rows = await self._call_model(self._model.classify_normalized, list(parsed.tensor))
-            self._metrics.images.inc(len(rows), tags={**self._model_tags, "outcome": "ok"})
+            probabilities = await self._classify_tensor(parsed.tensor)
         content, headers = oip.encode_infer_response(
-            infer_request, np.stack(rows), self._labels, model_name, self._weights.version
+            infer_request, probabilities, self._labels, model_name, self._weights.version
         )
         return Response(content, headers=headers)

@@ -1,7 +1,9 @@
 """The batched model deployment: one loaded classifier per replica behind ``@serve.batch``.
 
-Each call carries one image; Serve's batcher groups concurrent calls (from any ingress replica) into
-one forward pass. Batch size and wait are ``user_config`` and change live through ``reconfigure``.
+Each call carries a small group of images (``(n, H, W, 3)`` uint8, grouped by the ingress); Serve's
+batcher concatenates concurrent groups from every ingress replica into one forward pass of at most
+``max_batch_size`` images. Batch size and wait are ``user_config`` and change live through
+``reconfigure``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from serve_app.metrics import ModelMetrics
 from serve_app.settings import AppSettings, ModelTuning
 
 log = logging.getLogger("ray.serve")
+
+
+def count_images(groups: list[np.ndarray]) -> int:
+    """Batch size in images, not calls (``@serve.batch``'s ``batch_size_fn``)."""
+    return sum(len(group) for group in groups)
 
 
 @serve.deployment(
@@ -40,6 +47,7 @@ class ImageClassifier:
 
     def reconfigure(self, user_config: dict) -> None:
         tuning = ModelTuning.model_validate(user_config or {})
+        self._classifier.warm_up(range(1, tuning.max_batch_size + 1))  # only sizes not yet seen
         for method in (self.classify, self.classify_normalized):
             method.set_max_batch_size(tuning.max_batch_size)
             method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
@@ -64,20 +72,21 @@ class ImageClassifier:
             "tuning": self._tuning.model_dump(),
         }
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 ``(H, W, 3)`` images -> float32 class probabilities, one row per image."""
-        return await self._run(self._classifier.predict_uint8, images)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=count_images)
+    async def classify(self, groups: list[np.ndarray]) -> list[np.ndarray]:
+        """Groups of uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities each."""
+        return await self._run(self._classifier.predict_uint8, groups)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def classify_normalized(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
-        """Already-normalised float32 ``(3, H, W)`` tensors -> class probabilities."""
-        return await self._run(self._classifier.predict_normalized, tensors)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=count_images)
+    async def classify_normalized(self, groups: list[np.ndarray]) -> list[np.ndarray]:
+        """Groups of normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities each."""
+        return await self._run(self._classifier.predict_normalized, groups)
 
-    async def _run(self, predict, items: list[np.ndarray]) -> list[np.ndarray]:
+    async def _run(self, predict, groups: list[np.ndarray]) -> list[np.ndarray]:
         started = time.perf_counter()
+        batch = groups[0] if len(groups) == 1 else np.concatenate(groups)
         # The forward pass releases the GIL; running it off the event loop lets the next batch
         # queue up meanwhile.
-        probabilities = await asyncio.to_thread(predict, np.stack(items))
-        self._metrics.observe_batch(len(items), time.perf_counter() - started)
-        return list(probabilities)
+        probabilities = await asyncio.to_thread(predict, batch)
+        self._metrics.observe_batch(len(batch), time.perf_counter() - started)
+        return np.split(probabilities, np.cumsum([len(g) for g in groups[:-1]]))

@@ -61,7 +61,7 @@ class ModelTuning(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_batch_size: int = Field(16, ge=1, le=512)
+    max_batch_size: int = Field(8, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=5.0)
 
 
@@ -71,4 +71,12 @@ class IngressTuning(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default_top_k: int = Field(5, ge=1, le=1000)
+    max_images_per_model_call: int = Field(
+        8, ge=1, le=512,
+        description="Decoded images sent to the model in one call; keep <= the model's max_batch_size.",
+    )
+    model_call_wait_s: float = Field(
+        0.002, ge=0.0, le=1.0,
+        description="How long an image may wait for others to share its model call.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

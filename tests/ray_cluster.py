@@ -39,12 +39,19 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def serve_env(path: Path = REPO / "serve.env") -> dict[str, str]:
+    """The Ray Serve process settings production uses (``serve.env``: KEY=VALUE lines)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 @dataclass
 class RayCluster:
     """One head node on 127.0.0.1; use as a context manager or call start()/stop()."""
 
     num_cpus: int = 2
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=serve_env)
     serve_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)

@@ -46,10 +46,12 @@ def test_batch_settings_change_live_without_restarting_replicas(ray_cluster, bas
                                                                 restore_config):
     port = ray_cluster.metrics_port
     before = replicas(ray_cluster, "ImageClassifier")
+    ingress_before = replicas(ray_cluster, "ImageIngress")
     config = load_serve_config()
     deployment_config(config, "ImageClassifier")["user_config"] = {
         "max_batch_size": 1, "batch_wait_timeout_s": 0.0,
     }
+    deployment_config(config, "ImageIngress")["user_config"]["max_images_per_model_call"] = 1
     ray_cluster.deploy(config)
     settled_metric(port, "ray_classifier_model_images_total")  # earlier tests' batches exported
     images0, batches0 = batch_stats(port)
@@ -59,6 +61,7 @@ def test_batch_settings_change_live_without_restarting_replicas(ray_cluster, bas
     images, batches = batch_stats(port)
     assert images - images0 == 24 and batches - batches0 == 24, "max_batch_size=1: one image per batch"
     assert replicas(ray_cluster, "ImageClassifier") == before, "user_config must not restart replicas"
+    assert replicas(ray_cluster, "ImageIngress") == ingress_before
     assert_serving_normally(http, base_url, cat_png)
 
 
@@ -67,6 +70,7 @@ def test_full_queue_answers_503_fast_with_retry_after(ray_cluster, base_url, cat
     model = deployment_config(config, "ImageClassifier")
     model.update(max_ongoing_requests=1, max_queued_requests=1)
     model["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+    deployment_config(config, "ImageIngress")["user_config"]["max_images_per_model_call"] = 1
     ray_cluster.deploy(config)
     responses = burst(base_url, cat_png, clients=24, per_client=2)
     codes = sorted({r.status_code for r in responses})

@@ -125,3 +125,14 @@ def test_cuda_requested_without_a_gpu_fails_clearly():
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="no CUDA device"):
         Classifier(AppSettings(device="cuda"))
+
+
+def test_serve_config_groups_fit_the_model_batch():
+    """The ingress never sends a model call larger than the model's batch (Serve would refuse it)."""
+    from ray_cluster import load_serve_config
+    from serve_app.settings import IngressTuning
+
+    deployments = {d["name"]: d for d in load_serve_config()["applications"][0]["deployments"]}
+    ingress = IngressTuning.model_validate(deployments["ImageIngress"]["user_config"])
+    model = ModelTuning.model_validate(deployments["ImageClassifier"]["user_config"])
+    assert ingress.max_images_per_model_call <= model.max_batch_size
