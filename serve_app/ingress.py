@@ -34,7 +34,7 @@ from serve_app.errors import (
     error_response,
 )
 from serve_app.imaging import SUPPORTED_FORMATS, decode_image
-from serve_app.metrics import IngressMetrics
+from serve_app.metrics import ingress_metrics
 from serve_app.predictions import ImageResult, ServiceInfo, top_k
 from serve_app.request_parsing import ACCEPTED_CONTENT_TYPES, parse_predict_body
 from serve_app.settings import AppSettings, IngressTuning
@@ -51,18 +51,13 @@ app = FastAPI(
     description="Ray Serve image classification: a REST API and the Open Inference Protocol v2.",
 )
 
-# Set by the ingress replica's constructor; the exception handlers below record through it.
-_metrics: "IngressMetrics | None" = None
-
-
 def _route_of(request: Request) -> str:
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched")
 
 
 def _reject(request: Request, status: int, code: str, message: str, headers=None) -> JSONResponse:
-    if _metrics is not None:
-        _metrics.rejected.inc(tags={"route": _route_of(request), "status": str(status), "code": code})
+    ingress_metrics().rejected.inc(tags={"route": _route_of(request), "status": str(status), "code": code})
     return error_response(status, code, message, headers)
 
 
@@ -154,8 +149,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 @serve.ingress(app)
 class ImageIngress:
     def __init__(self, model: DeploymentHandle, settings: AppSettings):
-        global _metrics
-        _metrics = self._metrics = IngressMetrics()
+        self._metrics = ingress_metrics()
         self._model = model
         self._settings = settings
         self._limits = settings.limits

@@ -89,3 +89,17 @@ class ModelMetrics:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
         self.image_seconds.observe(seconds / size)
+
+
+_ingress_metrics: IngressMetrics | None = None
+
+
+def ingress_metrics() -> IngressMetrics:
+    """This process's ingress metrics. A module-level accessor, not a class attribute: Serve pickles
+    deployment classes by value, so state set from ``__init__`` would not reach the module-level
+    FastAPI exception handlers."""
+    global _ingress_metrics
+    if _ingress_metrics is None:
+        _ingress_metrics = IngressMetrics()
+    return _ingress_metrics
+

@@ -60,6 +60,8 @@ class ImageClassifier:
         # replica is healthy; this still guards against a model torn down underneath us.
         if self._classifier is None:
             raise RuntimeError("model is not loaded")
+        # Ray stops exporting a gauge ~30 s after its last update: refresh it on every health check.
+        self._metrics.ready.set(1)
 
     def info(self) -> dict:
         info = self._classifier.info

@@ -29,10 +29,20 @@ SERVE_CONFIG = REPO / "serve_config.yaml"
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all sockets stay bound until every port is chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def load_serve_config(path: Path = SERVE_CONFIG) -> dict:
@@ -52,15 +62,21 @@ class RayCluster:
 
     num_cpus: int = 2
     env: dict[str, str] = field(default_factory=serve_env)
-    serve_port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
-    gcs_port: int = field(default_factory=free_port)
+    serve_port: int = 0  # 0: a free port
+    dashboard_port: int = 0  # 0: a free port
+    metrics_port: int = 0  # 0: a free port
+    gcs_port: int = 0  # 0: a free port
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     # Ray 2.60 protects the dashboard API with a token; KubeRay passes it the same way.
     auth_token: str = field(default_factory=lambda: secrets.token_hex(32))
 
     def __post_init__(self) -> None:
+        # Every port this cluster needs, chosen at once so no two components get the same one.
+        ports = iter(free_ports(10))
+        for name in ("serve_port", "dashboard_port", "metrics_port", "gcs_port"):
+            if not getattr(self, name):
+                setattr(self, name, next(ports))
+        self._agent_ports = list(ports)
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.auth_token}"
 
@@ -90,9 +106,10 @@ class RayCluster:
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}", f"--metrics-export-port={self.metrics_port}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}", f"--ray-client-server-port={free_port()}",
+            *(f"--{flag}={port}" for flag, port in zip(
+                ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                 "node-manager-port", "object-manager-port", "ray-client-server-port"),
+                self._agent_ports)),
             "--min-worker-port=20000", "--max-worker-port=29999",
         ]
         try:
