@@ -670,6 +670,21 @@ def test_standard_labels_names_and_no_hard_coded_namespace(case):
             assert key in labels, f"{doc['kind']}/{meta['name']} lacks {key}"
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_settings_carry_the_serve_process_env_of_serve_env(case):
+    """serve.env (Ray Serve process settings used by `make run` and the tests' clusters) reaches every
+    app container through the settings ConfigMap."""
+    wanted = dict(line.split("=", 1) for line in (REPO / "serve.env").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    assert wanted
+    docs = render(case)
+    settings = one(docs, "ConfigMap")
+    assert wanted.items() <= settings["data"].items()
+    for _, spec in (s for d in docs for s in pod_specs(d)):
+        for container in spec["containers"]:
+            assert {"configMapRef": {"name": settings["metadata"]["name"]}} in container["envFrom"]
+
+
 def test_image_defaults_to_the_chart_app_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     container = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
