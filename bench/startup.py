@@ -1,4 +1,5 @@
-"""Measure what a user of ``make run`` sees: time from ``serve run serve_config.yaml`` to ``/ready``,
+"""Measure what a user of ``make run`` sees: time from ``serve run serve_config.yaml`` (with the
+``serve.env`` settings) to ``/ready``,
 and sequential single-request latency for a few real photos.
 
     python -m bench.startup [--requests 50] [--port 8000]
@@ -46,7 +47,10 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(config, fh)
     serve = str(Path(sys.executable).with_name("serve"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    sys.path.insert(0, str(REPO / "tests"))
+    from ray_cluster import serve_env  # what `make run` exports from serve.env
+
+    env = {**os.environ, **serve_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     proc = subprocess.Popen([serve, "run", fh.name], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
