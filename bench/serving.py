@@ -36,6 +36,9 @@ from bench.pipeline import PipelineSpec, measure
 from loadtest.images import phone_jpeg, small_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from ray_cluster import RayCluster, cluster_processes, serve_env  # noqa: E402
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
 APP = "classifier"
 MODEL_DEPLOYMENT = "ImageClassifier"
@@ -57,21 +60,6 @@ ROLES = (  # substring of a process's command line -> role, first match wins
 
 
 # ---- cluster processes -------------------------------------------------------------------------
-
-def cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the Ray cluster whose temp dir is ``temp_dir``, and their descendants."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or ()):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
 
 def role_of(proc: psutil.Process) -> str:
     try:
@@ -488,9 +476,6 @@ def main(argv=None) -> int:
         if args.url:
             url = args.url.rstrip("/")
         else:
-            sys.path.insert(0, str(REPO / "tests"))
-            from ray_cluster import RayCluster, serve_env
-
             env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}  # production defaults + overrides
             print(f"starting a Ray cluster ({args.cores} CPUs, env {env}) and deploying "
                   f"{args.config} ...", flush=True)

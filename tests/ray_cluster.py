@@ -56,6 +56,22 @@ def serve_env(path: Path = REPO / "serve.env") -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+def cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """Every live process of the Ray cluster using ``temp_dir``: those whose command line names it,
+    and their descendants (workers, replicas, the proxy's haproxy)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or ()):
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
 @dataclass
 class RayCluster:
     """One head node on 127.0.0.1; use as a context manager or call start()/stop()."""
@@ -157,19 +173,7 @@ class RayCluster:
         raise TimeoutError(f"timed out after {timeout_s}s waiting for {what.format(last=self._last)}")
 
     def processes(self) -> list[psutil.Process]:
-        """Every live process of this cluster: those whose command line names its temp dir, and
-        their descendants (workers, replicas, the proxy's haproxy)."""
-        found: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if any(self.temp_dir in part for part in proc.info["cmdline"] or ()):
-                    found[proc.pid] = proc
-                    for child in proc.children(recursive=True):
-                        found[child.pid] = child
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        found.pop(os.getpid(), None)
-        return list(found.values())
+        return cluster_processes(self.temp_dir)
 
     def stop(self) -> None:
         procs = self.processes()
