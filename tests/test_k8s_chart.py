@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import CRDS_DIR
+from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "kuberay" / "chart"
@@ -61,11 +60,7 @@ CASES: dict[str, list[str]] = {
 
 
 def helm_path() -> str:
-    helm = os.environ.get("HELM") or str(REPO / ".tools" / "bin" / "helm")
-    if not Path(helm).is_file():
-        helm = shutil.which("helm") or helm
-    assert Path(helm).is_file(), f"helm not found at {helm}: run scripts/tools/helm.sh (make tools)"
-    return helm
+    return tool_path("helm")
 
 
 def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -4,8 +4,6 @@ documented skip list in kuberay/checkov.yaml: any other failed check fails the t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 import yaml
 
 from test_k8s_chart import CASES, REPO, by_kind, render
+from tools import tool_path
 
 CHECKOV_CONFIG = REPO / "kuberay" / "checkov.yaml"
 RAY_PODS_CONFIG = REPO / "kuberay" / "checkov-ray-pods.yaml"
@@ -20,11 +19,7 @@ DOCKERFILE = REPO / "Dockerfile"
 
 
 def checkov_path() -> str:
-    path = os.environ.get("CHECKOV") or str(REPO / ".tools" / "bin" / "checkov")
-    if not Path(path).exists():
-        path = shutil.which("checkov") or path
-    assert Path(path).exists(), f"checkov not found at {path}: run scripts/tools/checkov.sh (make tools)"
-    return path
+    return tool_path("checkov")
 
 
 def run_checkov(*args: str, config: Path = CHECKOV_CONFIG) -> list[dict]:
