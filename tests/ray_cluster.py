@@ -88,10 +88,11 @@ class RayCluster:
 
     def __post_init__(self) -> None:
         # Every port this cluster needs, chosen at once so no two components get the same one.
-        ports = iter(free_ports(10))
+        ports = iter(free_ports(12))
         for name in ("serve_port", "dashboard_port", "metrics_port", "gcs_port"):
             if not getattr(self, name):
                 setattr(self, name, next(ports))
+        self._haproxy_ports = [next(ports), next(ports)]
         self._agent_ports = list(ports)
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.auth_token}"
@@ -112,6 +113,19 @@ class RayCluster:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env,
                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
         env.pop("RAY_AUTH_TOKEN_PATH", None)
+        if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            # Serve's HAProxy uses host-wide defaults (ports 9101/8404, files in /tmp/haproxy-serve):
+            # give this cluster its own so clusters side by side (tests, benchmarks) don't collide.
+            state = f"{self.temp_dir}/haproxy"
+            env.update(
+                RAY_SERVE_HAPROXY_METRICS_PORT=str(self._haproxy_ports[0]),
+                RAY_SERVE_HAPROXY_STATS_PORT=str(self._haproxy_ports[1]),
+                RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=f"{state}/haproxy.cfg",
+                RAY_SERVE_HAPROXY_SOCKET_PATH=f"{state}/admin.sock",
+                RAY_SERVE_HAPROXY_SERVER_STATE_BASE=state,
+                RAY_SERVE_HAPROXY_SERVER_STATE_FILE=f"{state}/server-state",
+                RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=f"{state}/metrics.sock",
+            )
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return env
 
