@@ -116,7 +116,9 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
         while time.monotonic() < deadline:
             after = read_counters(prom)
             delta = {k: after[k] - before[k] for k in after}
-            if all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0:
+            # The model replicas export on their own schedule: wait for their count too.
+            if (all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0
+                    and delta["model_images"] == sent["ok_images"]):
                 break
             if after != last:
                 last, moved = after, time.monotonic()
