@@ -279,7 +279,6 @@ class ImageIngress:
         self._metrics.decode_seconds.observe(time.perf_counter() - started, tags=self._model_tags)
         return array
 
-
     # ---- Open Inference Protocol v2 ----------------------------------------------------------
 
     def _check_model(self, model_name: str, version: str | None = None) -> None:
