@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import CRDS_DIR
+from kuberay_rules import rayservice_errors
 from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,11 @@ def render_text(case: str) -> str:
 
 def render(case: str) -> list[dict]:
     return [copy.deepcopy(doc) for doc in _parsed(case)]
+
+
+def render_with(*args: str, release: str = RELEASE) -> list[dict]:
+    """`helm template` with extra arguments (for checks outside the named CASES)."""
+    return [doc for doc in yaml.safe_load_all(run_helm("template", release, str(CHART), *args).stdout) if doc]
 
 
 @functools.cache
@@ -355,6 +361,52 @@ def test_crd_validation_rejects_unknown_and_mistyped_fields():
     ok["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
         "limits"]["cpu"] = 2
     assert not crd_errors(ok)
+
+
+# ------------------------------------------------- what KubeRay v1.6.2 refuses beyond its CRD schema
+
+RAYSERVICE_CASES = [c for c in CASES if "deployment" not in c]
+
+
+@pytest.mark.parametrize("case", RAYSERVICE_CASES)
+def test_rayservice_passes_kuberay_validation(case):
+    assert rayservice_errors(one(render(case), "RayService")) == []
+
+
+def test_kuberay_rules_catch_what_the_operator_refuses():
+    service = one(render("default"), "RayService")
+    assert rayservice_errors(service) == []
+    v1 = copy.deepcopy(service)
+    v1["spec"]["rayClusterConfig"]["autoscalerOptions"]["version"] = "v1"
+    v1["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["idleTimeoutSeconds"] = 60
+    assert any("autoscaler v2 is not enabled" in e for e in rayservice_errors(v1))
+    long_name = copy.deepcopy(service)
+    long_name["metadata"]["name"] = "a" * 48
+    assert any("longer than 47" in e for e in rayservice_errors(long_name))
+    digit = copy.deepcopy(service)
+    digit["metadata"]["name"] = "1-classifier"
+    assert any("DNS-1035" in e for e in rayservice_errors(digit))
+    timeout = copy.deepcopy(service)
+    timeout["metadata"].setdefault("annotations", {})["ray.io/initializing-timeout"] = "0s"
+    assert any("initializing-timeout" in e for e in rayservice_errors(timeout))
+    for good in ("15m", "1h30m", "900"):
+        timeout["metadata"]["annotations"]["ray.io/initializing-timeout"] = good
+        assert rayservice_errors(timeout) == [], good
+
+
+@pytest.mark.parametrize("enabled,version", [(True, "v2"), (True, "v1"), (False, "v2")])
+def test_worker_idle_timeout_is_rendered_only_for_autoscaler_v2(enabled, version):
+    """validateWorkerGroupIdleTimeout: a worker group's idleTimeoutSeconds needs autoscaler v2; v1 reads
+    autoscalerOptions.idleTimeoutSeconds (off: neither exists)."""
+    service = one(render_with("--set", f"ray.autoscaler.enabled={str(enabled).lower()}",
+                              "--set", f"ray.autoscaler.version={version}"), "RayService")
+    assert rayservice_errors(service) == []
+    cluster = service["spec"]["rayClusterConfig"]
+    [workers] = cluster["workerGroupSpecs"]
+    assert ("idleTimeoutSeconds" in workers) is (enabled and version == "v2")
+    assert ("autoscalerOptions" in cluster) is enabled
+    if enabled:
+        assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 120
 
 
 # ---------------------------------------------------------------------------- values.schema.json
