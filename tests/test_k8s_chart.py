@@ -409,6 +409,38 @@ def test_worker_idle_timeout_is_rendered_only_for_autoscaler_v2(enabled, version
         assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 120
 
 
+CHART_NAME = "ray-serve-image-classifier"
+
+
+@pytest.mark.parametrize("release,extra,name", [
+    (CHART_NAME + "-" + "a" * 20, [], CHART_NAME + "-" + "a" * 20),         # 47: the longest KubeRay takes
+    ("classifier-eu-west", [], "classifier-eu-west-" + CHART_NAME),          # 45 with the chart name appended
+    ("my-classifier-prod-eu", ["--set", "fullnameOverride=classifier"], "classifier"),
+])
+def test_rayservice_names_kuberay_accepts_render(release, extra, name):
+    service = one(render_with(*extra, release=release), "RayService")
+    assert service["metadata"]["name"] == name
+    assert rayservice_errors(service) == []
+
+
+@pytest.mark.parametrize("release,extra,message", [
+    (CHART_NAME + "-" + "a" * 21, [], "(48 characters), but KubeRay accepts at most 47"),
+    # Not containing the chart name, the release gets "-ray-serve-image-classifier" appended: 21 + 27.
+    ("my-classifier-prod-eu", [], "(48 characters), but KubeRay accepts at most 47"),
+    ("x", ["--set", "fullnameOverride=" + "c" * 48], "(48 characters), but KubeRay accepts at most 47"),
+    ("1st", [], "DNS-1035"),
+])
+def test_rayservice_names_kuberay_refuses_fail_the_render(release, extra, message):
+    result = run_helm("template", release, str(CHART), *extra, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr and "fullnameOverride" in result.stderr, result.stderr
+
+
+def test_long_names_are_fine_in_deployment_mode():
+    docs = render_with("--set", "mode=deployment", release="my-classifier-prod-eu")
+    assert one(docs, "Deployment")["metadata"]["name"] == "my-classifier-prod-eu-" + CHART_NAME
+
+
 # ---------------------------------------------------------------------------- values.schema.json
 
 def test_values_schema_is_generated_and_current():

@@ -17,6 +17,25 @@
 {{- end -}}
 {{- end -}}
 
+{{/*
+The RayService's name: the full name, checked against what KubeRay v1.6.2 accepts
+(ValidateRayServiceMetadata: a DNS-1035 label of at most 47 characters, so that the RayCluster names
+"<name>-xxxxx" stay within 53). The render fails rather than truncating: the RayService name is the
+prefix of every name KubeRay derives from it (RayClusters, <name>-head-svc, <name>-serve-svc, pods), and
+a silently shortened one would differ from the release's other resources and from what the docs and
+scripts compute from the release name.
+*/}}
+{{- define "classifier.rayServiceName" -}}
+{{- $name := include "classifier.fullname" . -}}
+{{- if gt (len $name) 47 -}}
+{{- fail (printf "mode rayservice: the RayService would be named %q (%d characters), but KubeRay accepts at most 47; install with a shorter release name (a release name containing %q is used as is) or set fullnameOverride" $name (len $name) .Chart.Name) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- fail (printf "mode rayservice: the RayService would be named %q, but KubeRay accepts only a DNS-1035 label (starting with a letter); use another release name or set fullnameOverride" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
 {{/* A name derived from the full name with a suffix, still within 63 characters. */}}
 {{- define "classifier.suffixed" -}}
 {{- $root := index . 0 -}}
@@ -87,7 +106,7 @@ annotations:
 {{/* The Service that fronts the Serve proxies: KubeRay's <name>-serve-svc or the chart's own. */}}
 {{- define "classifier.serveServiceName" -}}
 {{- if eq .Values.mode "rayservice" -}}
-{{- printf "%s-serve-svc" (include "classifier.fullname" .) -}}
+{{- printf "%s-serve-svc" (include "classifier.rayServiceName" .) -}}
 {{- else -}}
 {{- include "classifier.fullname" . -}}
 {{- end -}}
