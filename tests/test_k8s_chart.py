@@ -409,6 +409,21 @@ def test_worker_idle_timeout_is_rendered_only_for_autoscaler_v2(enabled, version
         assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 120
 
 
+@pytest.mark.parametrize("case", RAYSERVICE_CASES)
+def test_shipped_values_leave_the_terminal_initializing_timeout_unset(case):
+    """KubeRay's markFailedOnInitializingTimeout is final (isInitializingTimeout stops all reconciling and
+    the clusters are deleted): no values file the repo ships may let a slow first start end the service."""
+    annotations = one(render(case), "RayService")["metadata"].get("annotations") or {}
+    assert "ray.io/initializing-timeout" not in annotations
+
+
+@pytest.mark.parametrize("value", ["30m", "1h30m", "1800"])
+def test_initializing_timeout_is_rendered_when_opted_in(value):
+    service = one(render_with("--set-string", f"ray.initializingTimeout={value}"), "RayService")
+    assert service["metadata"]["annotations"]["ray.io/initializing-timeout"] == value
+    assert rayservice_errors(service) == []
+
+
 CHART_NAME = "ray-serve-image-classifier"
 
 
@@ -472,6 +487,9 @@ BAD_VALUES = {
         ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
     "gcs ft without redis": (["--set", "ray.gcsFaultTolerance.enabled=true"], "redisAddress"),
     "bad auth mode": (["--set", "ray.auth.mode=password"], "ray.auth.mode"),
+    # KubeRay refuses a zero or unparsable ray.io/initializing-timeout (validateInitializingTimeout).
+    "zero initializing timeout": (["--set", "ray.initializingTimeout=0s"], "initializingTimeout"),
+    "unparsable initializing timeout": (["--set", "ray.initializingTimeout=ten minutes"], "initializingTimeout"),
     "string replicas": (["--set-string", "deployment.replicas=three"], "deployment.replicas"),
 }
 
@@ -520,8 +538,6 @@ def test_every_value_is_documented():
 
 def test_rayservice_cluster_shape():
     service = one(render("default"), "RayService")
-    annotations = service["metadata"]["annotations"]
-    assert re.fullmatch(r"\d+[smh]", annotations["ray.io/initializing-timeout"])
     spec = service["spec"]
     assert spec["upgradeStrategy"]["type"] == "NewCluster"
     cluster = spec["rayClusterConfig"]

@@ -33,6 +33,10 @@ RESOURCES = {
     },
 }
 DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"}
+# KubeRay's validateInitializingTimeout: a positive Go duration or a positive integer of seconds.
+INITIALIZING_TIMEOUT = {"anyOf": [{"const": ""}, {"allOf": [
+    {"type": "string", "pattern": r"^(([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+|[0-9]+)$"},
+    {"pattern": "[1-9]"}]}]}
 URL = {"type": "string", "pattern": r"^https?://"}
 
 
@@ -90,7 +94,7 @@ def schema() -> dict:
             "ray": obj({
                 "version": {"type": "string", "pattern": r"^2\.\d+\.\d+$"},
                 "auth": obj({"mode": {"enum": ["token", "disabled"]}, "secretName": STR}),
-                "initializingTimeout": DURATION,
+                "initializingTimeout": INITIALIZING_TIMEOUT,
                 "rayClusterDeletionDelaySeconds": SECONDS,
                 "excludeHeadPodFromServeSvc": BOOL,
                 "upgradeStrategy": {
