@@ -424,6 +424,63 @@ def test_initializing_timeout_is_rendered_when_opted_in(value):
     assert rayservice_errors(service) == []
 
 
+def disruptions_allowed(pdb: dict, ready_pods: int, owner_has_scale: bool) -> int:
+    """The disruption controller's arithmetic (kubernetes v1.34 pkg/controller/disruption:
+    getExpectedPodCount, updatePdbStatus, failSafe): maxUnavailable and percentages need the pods'
+    owner's scale subresource, and without one the PDB is left at 0 allowed disruptions."""
+    spec = pdb["spec"]
+    if "maxUnavailable" in spec or isinstance(spec.get("minAvailable"), str):
+        if not owner_has_scale:
+            return 0  # "... does not implement the scale subresource": failSafe
+        expected = ready_pods
+        if "maxUnavailable" in spec:
+            unavailable = spec["maxUnavailable"]
+            if isinstance(unavailable, str):
+                unavailable = -(-int(unavailable.rstrip("%")) * expected // 100)  # rounded up
+            desired = max(expected - unavailable, 0)
+        else:
+            desired = -(-int(spec["minAvailable"].rstrip("%")) * expected // 100)
+    else:
+        desired = spec["minAvailable"]
+    return max(ready_pods - desired, 0)
+
+
+def test_disruption_model_matches_the_defect():
+    """The old worker PDB (maxUnavailable 1 on RayCluster-owned pods) allowed no eviction at all."""
+    old = {"spec": {"maxUnavailable": 1}}
+    assert disruptions_allowed(old, ready_pods=5, owner_has_scale=False) == 0
+    assert disruptions_allowed(old, ready_pods=5, owner_has_scale=True) == 1
+    assert disruptions_allowed({"spec": {"minAvailable": 2}}, ready_pods=2, owner_has_scale=False) == 0
+
+
+@pytest.mark.parametrize("args,fewest", [
+    ([], 1),                                                                        # default: minReplicas 1
+    (["-f", str(HELM_VALUES / "app-prod.yaml")], 2),
+    (["--set", "ray.worker.minReplicas=4", "--set", "ray.worker.replicas=4"], 4),
+    (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=3"], 3),  # fixed count
+    (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=9"], 5),  # clamped to max
+], ids=["default", "prod", "min4", "fixed3", "fixed-clamped"])
+def test_worker_pdb_lets_a_drain_proceed_at_the_groups_smallest_size(args, fewest):
+    docs = render_with(*args)
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    if fewest < 2:
+        assert pdbs == []  # a budget below two workers could only block drains
+        return
+    [pdb] = pdbs
+    assert "maxUnavailable" not in pdb["spec"] and isinstance(pdb["spec"]["minAvailable"], int)
+    worker_labels = one(docs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"][
+        "metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert disruptions_allowed(pdb, ready_pods=fewest, owner_has_scale=False) == 1
+    assert disruptions_allowed(pdb, ready_pods=fewest + 3, owner_has_scale=False) == 4
+
+
+def test_deployment_pdb_keeps_max_unavailable():
+    pdb = one(render("deployment"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert disruptions_allowed(pdb, ready_pods=3, owner_has_scale=True) == 1
+
+
 CHART_NAME = "ray-serve-image-classifier"
 
 
