@@ -59,7 +59,7 @@ def _autoscaler_v2(cluster: dict) -> bool:
                for e in head.get("env", []))
 
 
-def _cluster_errors(cluster: dict) -> list[str]:
+def _cluster_errors(cluster: dict, annotations: dict) -> list[str]:
     """ValidateRayClusterSpec (the parts the chart sets) and validateWorkerGroupIdleTimeout."""
     errors = []
     autoscaling = cluster.get("enableInTreeAutoscaling") is True
@@ -81,6 +81,8 @@ def _cluster_errors(cluster: dict) -> list[str]:
     if cluster.get("gcsFaultToleranceOptions") and "redis-password" in cluster["headGroupSpec"].get(
             "rayStartParams", {}):
         errors.append("redis-password in rayStartParams together with gcsFaultToleranceOptions")
+    if cluster.get("gcsFaultToleranceOptions") and "ray.io/external-storage-namespace" in annotations:
+        errors.append("ray.io/external-storage-namespace annotation together with gcsFaultToleranceOptions")
     return errors
 
 
@@ -116,5 +118,7 @@ def _spec_errors(spec: dict) -> list[str]:
 
 def rayservice_errors(rayservice: dict) -> list[str]:
     """Everything in the RayService that KubeRay v1.6.2's validateRayService would refuse."""
-    return (_metadata_errors(rayservice["metadata"]) + _cluster_errors(rayservice["spec"]["rayClusterConfig"])
+    annotations = rayservice["metadata"].get("annotations") or {}
+    return (_metadata_errors(rayservice["metadata"])
+            + _cluster_errors(rayservice["spec"]["rayClusterConfig"], annotations)
             + _spec_errors(rayservice["spec"]))

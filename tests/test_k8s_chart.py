@@ -392,6 +392,9 @@ def test_kuberay_rules_catch_what_the_operator_refuses():
     for good in ("15m", "1h30m", "900"):
         timeout["metadata"]["annotations"]["ray.io/initializing-timeout"] = good
         assert rayservice_errors(timeout) == [], good
+    prod = one(render("prod"), "RayService")
+    prod["metadata"].setdefault("annotations", {})["ray.io/external-storage-namespace"] = "shared"
+    assert any("external-storage-namespace" in e for e in rayservice_errors(prod))
 
 
 @pytest.mark.parametrize("enabled,version", [(True, "v2"), (True, "v1"), (False, "v2")])
@@ -479,6 +482,37 @@ def test_deployment_pdb_keeps_max_unavailable():
     pdb = one(render("deployment"), "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert disruptions_allowed(pdb, ready_pods=3, owner_has_scale=True) == 1
+
+
+GCS_FT = ["--set", "ray.gcsFaultTolerance.enabled=true", "--set", "ray.gcsFaultTolerance.redisAddress=redis:6379"]
+INCREMENTAL = ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
+               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30"]
+
+
+def test_prod_gcs_state_is_keyed_by_each_clusters_uid():
+    """Without externalStorageNamespace (or the annotation) KubeRay's configureGCSFaultTolerance uses the
+    RayCluster's UID: the old and new cluster of an upgrade write, and clean up, separate Redis keys."""
+    service = one(render("prod"), "RayService")
+    assert "externalStorageNamespace" not in service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert "ray.io/external-storage-namespace" not in (service["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("strategy", [["--set", "ray.upgradeStrategy.type=NewCluster"], INCREMENTAL],
+                         ids=["NewCluster", "incremental"])
+def test_a_shared_redis_namespace_is_refused_where_upgrades_run_two_clusters(strategy):
+    result = run_helm("template", RELEASE, str(CHART), *GCS_FT, *strategy,
+                      "--set", "ray.gcsFaultTolerance.externalStorageNamespace=classifier", check=False)
+    assert result.returncode != 0
+    assert "externalStorageNamespace" in result.stderr and "cleanup" in result.stderr, result.stderr
+
+
+def test_a_fixed_redis_namespace_is_rendered_when_no_upgrade_runs_a_second_cluster():
+    service = one(render_with(*GCS_FT, "--set", "ray.upgradeStrategy.type=None",
+                              "--set", "ray.gcsFaultTolerance.externalStorageNamespace=classifier"), "RayService")
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["externalStorageNamespace"] == "classifier"
+    assert rayservice_errors(service) == []
 
 
 CHART_NAME = "ray-serve-image-classifier"
