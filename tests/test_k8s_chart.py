@@ -22,6 +22,7 @@ import yaml
 
 from conftest import CRDS_DIR
 from kuberay_rules import rayservice_errors
+from netpol import Peer, admits
 from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ CHART = REPO / "kuberay" / "chart"
 PLAIN_MANIFEST = REPO / "kuberay" / "rayservice.yaml"
 SERVE_CONFIG = REPO / "serve_config.yaml"
 HELM_VALUES = REPO / "helm-values"
+MONITORING = REPO / "monitoring"
 RELEASE = "ray-serve-image-classifier"
 K8S_VERSIONS = ["1.29", "1.33"]
 
@@ -819,6 +821,67 @@ def test_service_accounts_mount_tokens_only_where_the_autoscaler_needs_one(case)
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
             assert not {"create", "delete", "deletecollection"} & set(rule["verbs"])
+
+
+PROMETHEUS = Peer(namespace="monitoring", labels={"app.kubernetes.io/name": "prometheus"})
+
+
+def pod_monitor_ports(name: str) -> list[str]:
+    doc = yaml.safe_load((MONITORING / f"podmonitor-{name}.yaml").read_text())
+    return [endpoint["port"] for endpoint in doc["spec"]["podMetricsEndpoints"]]
+
+
+def ray_pod(docs: list[dict], group: str = "head") -> tuple[dict[str, str], dict[str, int], dict]:
+    """(labels, container ports by name, pod spec) of a Ray pod as KubeRay creates it from the template:
+    the template's labels plus KubeRay's ray.io/* ones, the ports as declared (KubeRay adds `metrics`
+    only when missing; the chart always declares it)."""
+    cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    spec = cluster["headGroupSpec"] if group == "head" else next(
+        g for g in cluster["workerGroupSpecs"] if g["groupName"] == group)
+    template = spec["template"]
+    labels = {**template["metadata"]["labels"], "ray.io/is-ray-node": "yes",
+              "ray.io/node-type": "head" if group == "head" else "worker"}
+    ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    return labels, ports, template["spec"]
+
+
+@pytest.mark.parametrize("case", RAYSERVICE_CASES)
+def test_prometheus_can_scrape_every_port_the_ray_podmonitors_name(case):
+    """monitoring/podmonitor-ray-*.yaml scrape container ports by name: each must be declared on the pod
+    (a missing name is no target at all, so its alert can never fire) and admitted by the policies."""
+    docs = render(case)
+    cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    policies = by_kind(docs, "NetworkPolicy")
+    labels, ports, spec = ray_pod(docs)
+    autoscaler = cluster["enableInTreeAutoscaling"]
+    for port in pod_monitor_ports("ray-head"):
+        if port == "as-metrics" and not autoscaler:
+            assert port not in ports  # no sidecar, no target (and no down alert)
+            continue
+        assert admits(policies, labels, ports, port, PROMETHEUS), (case, port)
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert int(env["DASHBOARD_METRIC_PORT"]) == ports["dash-metrics"]
+    if autoscaler:
+        env = {e["name"]: e["value"] for e in cluster["autoscalerOptions"]["env"]}
+        assert int(env["AUTOSCALER_METRIC_PORT"]) == ports["as-metrics"]
+    worker_labels, worker_ports, _ = ray_pod(docs, cluster["workerGroupSpecs"][0]["groupName"])
+    for port in pod_monitor_ports("ray-workers"):
+        assert admits(policies, worker_labels, worker_ports, port, PROMETHEUS), (case, port)
+
+
+def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
+    docs = render("default")
+    policies = by_kind(docs, "NetworkPolicy")
+    labels, ports, _ = ray_pod(docs)
+    assert admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
+    assert not admits(policies, labels, {k: v for k, v in ports.items() if k != "dash-metrics"}, "dash-metrics",
+                      PROMETHEUS)
+    assert not admits(policies, labels, ports, "dash-metrics", Peer(namespace="elsewhere"))
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            rule["ports"] = [p for p in rule.get("ports", [{}]) if p.get("port") != "dash-metrics"] or [
+                {"port": "nothing"}]
+    assert not admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -106,6 +106,7 @@ def schema() -> dict:
                         "required": ["gatewayClassName", "stepSizePercent", "intervalSeconds"]}}},
                 },
                 "metricsPort": PORT, "dashboardPort": PORT, "servePort": PORT,
+                "dashboardMetricsPort": PORT, "autoscalerMetricsPort": PORT,
                 "dashboard": obj({"grafanaHost": URL, "grafanaIframeHost": URL, "prometheusHost": URL,
                                   "prometheusName": {"type": "string", "minLength": 1}}),
                 "head": obj({"rayStartParams": STR_MAP, "resources": RESOURCES, "nodeSelector": MAP,
