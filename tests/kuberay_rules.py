@@ -1,9 +1,11 @@
 """What the KubeRay operator (v1.6.2, the version this project runs) refuses in a RayService beyond its
-CRD schema, restated in Python so that rendered manifests can be checked without an operator.
+CRD schema, and the serve Service it builds, restated in Python so that rendered manifests can be
+checked without an operator.
 
-Each rule names the Go function in ray-operator/controllers/ray/utils/validation.go it restates. A
-RayService that breaks one is marked `Ready=False, reason=ValidationFailed` by the operator and never
-gets a cluster, so the chart must not render one. Only the rules the chart can trip are here.
+Each rule names the Go function in ray-operator/controllers/ray/ it restates (utils/validation.go,
+common/service.go). A RayService that breaks a rule is marked `Ready=False, reason=ValidationFailed` by
+the operator and never gets a cluster, so the chart must not render one. Only what the chart can trip or
+depends on is here.
 """
 
 from __future__ import annotations
@@ -122,3 +124,37 @@ def rayservice_errors(rayservice: dict) -> list[str]:
     return (_metadata_errors(rayservice["metadata"])
             + _cluster_errors(rayservice["spec"]["rayClusterConfig"], annotations)
             + _spec_errors(rayservice["spec"]))
+
+
+def incremental_upgrade(spec: dict) -> bool:
+    """IsIncrementalUpgradeEnabled (the feature gate is on by default in v1.6.2)."""
+    return (spec.get("upgradeStrategy") or {}).get("type") == "NewClusterWithIncrementalUpgrade"
+
+
+def serve_service(rayservice: dict, cluster_name: str) -> dict:
+    """The Service KubeRay's BuildServeServiceForRayService makes for the RayCluster `cluster_name`:
+    `<rayservice>-serve-svc` (with NewClusterWithIncrementalUpgrade `<raycluster>-serve-svc`, one per
+    cluster), from spec.serveService when set (ignored with incremental upgrades), selecting that
+    cluster's pods labelled ray.io/serve=true, with the head container's `serve`/`serve-*` ports (a
+    serveService port of the same name wins)."""
+    spec = rayservice["spec"]
+    incremental = incremental_upgrade(spec)
+    head = spec["rayClusterConfig"]["headGroupSpec"]
+    custom = None if incremental else spec.get("serveService")
+    ports = [{"name": p["name"], "port": p["containerPort"]} for p in head["template"]["spec"]["containers"][0]
+             .get("ports", []) if p.get("name") == "serve" or p.get("name", "").startswith("serve-")]
+    if custom:
+        by_name = {p["name"]: p for p in custom.get("spec", {}).get("ports", [])}
+        ports = [by_name.get(p["name"], p) for p in ports] or list(by_name.values())
+    base = cluster_name if incremental else rayservice["metadata"]["name"]
+    custom = custom or {}
+    return {
+        "metadata": {"name": (custom.get("metadata") or {}).get("name") or f"{base}-serve-svc",
+                     "labels": {**(custom.get("metadata") or {}).get("labels", {}),
+                                "ray.io/serve": f"{base}-serve"},
+                     "annotations": (custom.get("metadata") or {}).get("annotations", {})},
+        "spec": {**{k: v for k, v in custom.get("spec", {}).items() if k not in ("selector", "ports")},
+                 "type": custom.get("spec", {}).get("type") or head.get("serviceType") or "ClusterIP",
+                 "selector": {"ray.io/cluster": cluster_name, "ray.io/serve": "true"},
+                 "ports": ports},
+    }

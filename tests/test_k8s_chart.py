@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from conftest import CRDS_DIR
-from kuberay_rules import rayservice_errors
+from kuberay_rules import rayservice_errors, serve_service
 from netpol import Peer, admits
+from netpol import selects as netpol_selects
 from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,11 +52,15 @@ CASES: dict[str, list[str]] = {
         "--set", "ray.gcsFaultTolerance.enabled=true",
         "--set", "ray.gcsFaultTolerance.redisAddress=redis.redis.svc:6379",
         "--set", "ray.gcsFaultTolerance.redisPasswordSecret.name=redis-password",
+        "--set", "ray.auth.secretName=ray-token",
+    ],
+    # KubeRay brings its own Gateway and HTTPRoute in this mode: no front door of the chart's.
+    "rayservice-incremental": [
+        "--set", "namespace.create=true", "--set", "rbac.create=true",
         "--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
         "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
         "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
         "--set", "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
-        "--set", "ray.auth.secretName=ray-token",
     ],
     "deployment-all-on": ALL_ON + ["--set", "mode=deployment", "--set", "autoscaling.enabled=false",
                                    "--set", "secret.existingSecret=ray-token"],
@@ -723,16 +728,22 @@ def test_ingress_body_size_is_above_the_apps_own_limit():
 
 @pytest.mark.parametrize("case", CASES)
 def test_routes_point_at_the_serve_service(case):
+    """Every HTTPRoute / Ingress backend is a Service that will exist, on its HTTP port: the chart's own, or
+    the one KubeRay builds for the serving RayCluster (BuildServeServiceForRayService)."""
     docs = render(case)
-    expected = f"{RELEASE}-serve-svc" if "deployment" not in case else RELEASE
-    services = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
-    for route in by_kind(docs, "HTTPRoute"):
-        assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == expected
-    for ingress in by_kind(docs, "Ingress"):
-        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-        assert backend["name"] == expected
-        if "deployment" in case:
-            assert backend["name"] in services
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    for service in by_kind(docs, "RayService"):
+        built = serve_service(service, cluster_name=f"{service['metadata']['name']}-abcde")
+        services[built["metadata"]["name"]] = built
+    backends = [(r["spec"]["rules"][0]["backendRefs"][0]["name"], r["spec"]["rules"][0]["backendRefs"][0]["port"])
+                for r in by_kind(docs, "HTTPRoute")]
+    backends += [(b["name"], b["port"]["number"]) for i in by_kind(docs, "Ingress")
+                 for b in [i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]]]
+    for name, port in backends:
+        assert name in services, (case, name)
+        assert port in [p["port"] for p in services[name]["spec"]["ports"]], (case, name, port)
+    if "all-on" in case:
+        assert len(backends) == 2
 
 
 # PSS "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), checked here.
@@ -882,6 +893,51 @@ def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
             rule["ports"] = [p for p in rule.get("ports", [{}]) if p.get("port") != "dash-metrics"] or [
                 {"port": "nothing"}]
     assert not admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
+
+
+OUTSIDE_CLIENT = Peer(ip="203.0.113.7")
+LOAD_BALANCER = ["--set", "loadBalancer.enabled=true", "--set", "loadBalancer.loadBalancerSourceRanges[0]=203.0.113.0/24",
+                 "--set", "loadBalancer.annotations.lb\\.example/internal=true"]
+
+
+def test_rayservice_load_balancer_is_kuberays_serve_service_on_the_serving_cluster_only():
+    """The LoadBalancer is RayService spec.serveService, from which KubeRay builds <name>-serve-svc with a
+    selector on one RayCluster: during a NewCluster upgrade it never spans both clusters' pods."""
+    docs = render_with(*LOAD_BALANCER)
+    assert not [s for s in by_kind(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    service = one(docs, "RayService")
+    assert rayservice_errors(service) == []
+    old, new = f"{RELEASE}-aaaaa", f"{RELEASE}-bbbbb"
+    lb = serve_service(service, cluster_name=old)
+    assert lb["metadata"]["name"] == f"{RELEASE}-serve-svc"
+    assert lb["spec"]["type"] == "LoadBalancer"
+    assert lb["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert lb["metadata"]["annotations"] == {"lb.example/internal": "true"}
+    assert lb["spec"]["ports"] == [{"name": "serve", "port": 80, "targetPort": "serve", "protocol": "TCP"}]
+    labels, ports, _ = ray_pod(docs, "cpu-workers")
+    serving = {**labels, "ray.io/serve": "true"}
+    selector = {"matchLabels": lb["spec"]["selector"]}
+    assert netpol_selects(selector, {**serving, "ray.io/cluster": old})
+    assert not netpol_selects(selector, {**serving, "ray.io/cluster": new})
+    assert ports["serve"] == 8000  # targetPort "serve" resolves to the Serve proxy
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_load_balancer_traffic_passes_the_network_policies(mode):
+    docs = render_with("--set", f"mode={mode}", *LOAD_BALANCER)
+    if mode == "rayservice":
+        labels, ports, _ = ray_pod(docs, "cpu-workers")
+    else:
+        template = one(docs, "Deployment")["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        [lb] = [s for s in by_kind(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
+        assert netpol_selects({"matchLabels": lb["spec"]["selector"]}, labels)
+    policies = by_kind(docs, "NetworkPolicy")
+    assert admits(policies, labels, ports, "serve", OUTSIDE_CLIENT)
+    assert not admits(policies, labels, ports, "metrics", OUTSIDE_CLIENT)
+    without = by_kind(render_with("--set", f"mode={mode}"), "NetworkPolicy")
+    assert not admits(without, labels, ports, "serve", OUTSIDE_CLIENT)  # default deny without a LoadBalancer
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -150,7 +150,7 @@ def schema() -> dict:
                                   "dashboardFrom": LIST, "monitoringTo": LIST,
                                   "monitoringPorts": {"type": "array", "items": PORT},
                                   "apiServerCIDRs": {"type": "array", "items": STR}, "apiServerPort": PORT,
-                                  "extraEgress": LIST}),
+                                  "loadBalancerFrom": LIST, "extraEgress": LIST}),
             "serviceAccount": obj({"create": BOOL, "annotations": STR_MAP}),
             "rbac": obj({"create": BOOL}),
             "podSecurityContext": MAP,

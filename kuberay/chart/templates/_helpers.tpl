@@ -71,6 +71,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* A map of annotations with every value a string (`--set a=true` would otherwise render a boolean,
+which the API server refuses for an annotation). */}}
+{{- define "classifier.stringMap" -}}
+{{- $strings := dict -}}
+{{- range $key, $value := . -}}
+{{- $_ := set $strings $key (toString $value) -}}
+{{- end -}}
+{{- toYaml $strings -}}
+{{- end -}}
+
 {{- define "classifier.annotations" -}}
 {{- with .Values.commonAnnotations }}
 annotations:
@@ -109,6 +119,18 @@ annotations:
 {{- printf "%s-serve-svc" (include "classifier.rayServiceName" .) -}}
 {{- else -}}
 {{- include "classifier.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The serve Service's HTTP port (routes and port-forwards target it). In mode rayservice KubeRay copies
+the head's `serve` port, or takes the chart's serveService port when the LoadBalancer is on. */}}
+{{- define "classifier.serveServicePort" -}}
+{{- if ne .Values.mode "rayservice" -}}
+{{- .Values.service.port -}}
+{{- else if .Values.loadBalancer.enabled -}}
+{{- .Values.loadBalancer.port -}}
+{{- else -}}
+{{- .Values.ray.servePort -}}
 {{- end -}}
 {{- end -}}
 
