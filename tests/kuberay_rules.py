@@ -131,6 +131,14 @@ def incremental_upgrade(spec: dict) -> bool:
     return (spec.get("upgradeStrategy") or {}).get("type") == "NewClusterWithIncrementalUpgrade"
 
 
+def gateway_names(rayservice: dict) -> tuple[str, str]:
+    """The Gateway and HTTPRoute KubeRay creates for NewClusterWithIncrementalUpgrade, in the RayService's
+    namespace (common/association.go: RayServiceGatewayNamespacedName, RayServiceHTTPRouteNamespacedName;
+    createGateway gives the Gateway one HTTP listener on port 80)."""
+    name = rayservice["metadata"]["name"]
+    return f"{name}-gateway", f"{name}-httproute"
+
+
 def serve_service(rayservice: dict, cluster_name: str) -> dict:
     """The Service KubeRay's BuildServeServiceForRayService makes for the RayCluster `cluster_name`:
     `<rayservice>-serve-svc` (with NewClusterWithIncrementalUpgrade `<raycluster>-serve-svc`, one per

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import CRDS_DIR
-from kuberay_rules import rayservice_errors, serve_service
+from kuberay_rules import gateway_names, rayservice_errors, serve_service
 from netpol import Peer, admits
 from netpol import selects as netpol_selects
 from tools import tool_path
@@ -893,6 +893,61 @@ def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
             rule["ports"] = [p for p in rule.get("ports", [{}]) if p.get("port") != "dash-metrics"] or [
                 {"port": "nothing"}]
     assert not admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
+
+
+@pytest.mark.parametrize("front_door", [["--set", "httpRoute.enabled=true"], ["--set", "ingress.enabled=true"],
+                                        ["--set", "loadBalancer.enabled=true"]], ids=["httpRoute", "ingress", "lb"])
+def test_incremental_upgrade_refuses_front_doors_that_would_point_at_nothing(front_door):
+    """With NewClusterWithIncrementalUpgrade KubeRay's BuildServeService names the serve Service after each
+    RayCluster and ignores spec.serveService: <name>-serve-svc never exists."""
+    result = run_helm("template", RELEASE, str(CHART), *INCREMENTAL, *front_door, check=False)
+    assert result.returncode != 0
+    assert f"its own Gateway {RELEASE}-gateway" in result.stderr, result.stderr
+    service = one(render("rayservice-incremental"), "RayService")
+    assert serve_service(service, f"{RELEASE}-abcde")["metadata"]["name"] == f"{RELEASE}-abcde-serve-svc"
+
+
+def test_incremental_upgrade_lets_kuberays_gateway_proxy_reach_the_serve_port():
+    gateway, _ = gateway_names(one(render("rayservice-incremental"), "RayService"))
+    proxy = Peer(namespace="app", labels={"gateway.networking.k8s.io/gateway-name": gateway})
+    for case, admitted in (("rayservice-incremental", True), ("default", False)):
+        docs = render(case)
+        policies = by_kind(docs, "NetworkPolicy")
+        for group in ("head", "cpu-workers"):
+            labels, ports, _ = ray_pod(docs, group)
+            assert admits(policies, labels, ports, "serve", proxy) is admitted, (case, group)
+
+
+@functools.cache
+def notes(*args: str) -> str:
+    """NOTES.txt as `helm install` prints it (rendered through a copy of the chart, since `helm template`
+    leaves NOTES out)."""
+    import shutil
+    import tempfile
+
+    copy_dir = Path(tempfile.mkdtemp()) / "chart"
+    shutil.copytree(CHART, copy_dir, symlinks=False)
+    (copy_dir / "templates" / "notes-preview.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n'
+        '    {{- include "classifier.notes" . | nindent 4 }}\n')
+    out = run_helm("template", RELEASE, str(copy_dir), "-n", "app", "-s", "templates/notes-preview.yaml", *args)
+    shutil.rmtree(copy_dir.parent)
+    return yaml.safe_load(out.stdout)["data"]["notes"]
+
+
+@pytest.mark.parametrize("case", ["default", "deployment", "rayservice-incremental", "rayservice-all-on"])
+def test_notes_name_services_that_will_exist(case):
+    docs = render(case)
+    text = notes(*CASES[case])
+    services = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
+    for service in by_kind(docs, "RayService"):
+        services.add(serve_service(service, "$CLUSTER")["metadata"]["name"])
+        if case == "rayservice-incremental":
+            gateway, route = gateway_names(service)
+            assert gateway in text and route in text
+            assert "activeServiceStatus.rayClusterName" in text
+    named = re.findall(r"port-forward \"?svc/([^\s\"]+)\"? 8000:serve", text)
+    assert named and set(named) <= services, (named, services)
 
 
 OUTSIDE_CLIENT = Peer(ip="203.0.113.7")

@@ -36,6 +36,29 @@ scripts compute from the release name.
 {{- $name -}}
 {{- end -}}
 
+{{/* Whether KubeRay runs NewClusterWithIncrementalUpgrade (RayServiceIncrementalUpgrade gate, on by
+default in 1.6.2): then it creates its own Gateway and HTTPRoute and one serve Service per RayCluster. */}}
+{{- define "classifier.incrementalUpgrade" -}}
+{{- if and (eq .Values.mode "rayservice") (eq .Values.ray.upgradeStrategy.type "NewClusterWithIncrementalUpgrade") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+With incremental upgrades KubeRay serves through Gateway <name>-gateway and HTTPRoute <name>-httproute,
+whose backends are the per-cluster Services <raycluster>-serve-svc; <name>-serve-svc is never created and
+spec.serveService is ignored. The chart's own front doors would point at nothing: refuse them.
+*/}}
+{{- define "classifier.checkIncrementalFrontDoors" -}}
+{{- if include "classifier.incrementalUpgrade" . -}}
+{{- range $value, $on := dict "httpRoute.enabled" .Values.httpRoute.enabled "ingress.enabled" .Values.ingress.enabled "loadBalancer.enabled" .Values.loadBalancer.enabled -}}
+{{- if $on -}}
+{{- fail (printf "%s is not possible with ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade: KubeRay then creates no %s-serve-svc but its own Gateway %s-gateway (class %s, HTTP listener on port 80) and HTTPRoute %s-httproute in front of one serve Service per RayCluster; expose that Gateway instead (docs/OPERATIONS.md)" $value (include "classifier.rayServiceName" $) (include "classifier.rayServiceName" $) $.Values.ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName (include "classifier.rayServiceName" $)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A name derived from the full name with a suffix, still within 63 characters. */}}
 {{- define "classifier.suffixed" -}}
 {{- $root := index . 0 -}}
