@@ -10,6 +10,9 @@ depends on is here.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import re
 
 # controllers/ray/utils/constant.go: MaxRayClusterNameLength (53) - 6 for the "-xxxxx" cluster suffix.
@@ -166,3 +169,21 @@ def serve_service(rayservice: dict, cluster_name: str) -> dict:
                  "selector": {"ray.io/cluster": cluster_name, "ray.io/serve": "true"},
                  "ports": ports},
     }
+
+
+def cluster_spec_hash(cluster_spec: dict) -> str:
+    """What KubeRay compares between a RayService and its RayClusters (utils.
+    GenerateHashWithoutReplicasAndWorkersToDelete): the rayClusterConfig without the worker groups'
+    replicas, minReplicas, maxReplicas and workersToDelete, the pod templates' tolerations and scheduling
+    gates, and upgradeStrategy. Equal hashes: shouldUpdateCluster and shouldPrepareNewCluster do nothing."""
+    spec = copy.deepcopy(cluster_spec)
+    spec.pop("upgradeStrategy", None)
+    groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
+    for group in groups:
+        for key in ("tolerations", "schedulingGates"):
+            group["template"]["spec"].pop(key, None)
+    for group in spec.get("workerGroupSpecs", []):
+        for key in ("replicas", "minReplicas", "maxReplicas"):
+            group.pop(key, None)
+        group.get("scaleStrategy", {}).pop("workersToDelete", None)
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import CRDS_DIR
-from kuberay_rules import gateway_names, rayservice_errors, serve_service
+from kuberay_rules import cluster_spec_hash, gateway_names, rayservice_errors, serve_service
 from netpol import Peer, admits
 from netpol import selects as netpol_selects
 from tools import tool_path
@@ -948,6 +949,48 @@ def test_notes_name_services_that_will_exist(case):
             assert "activeServiceStatus.rayClusterName" in text
     named = re.findall(r"port-forward \"?svc/([^\s\"]+)\"? 8000:serve", text)
     assert named and set(named) <= services, (named, services)
+
+
+OPERATIONS = REPO / "docs" / "OPERATIONS.md"
+
+
+def json_patch_replace(doc: dict, operations: list[dict]) -> dict:
+    """RFC 6902 `replace` (what the runbook uses): the path must already exist."""
+    doc = copy.deepcopy(doc)
+    for operation in operations:
+        assert operation["op"] == "replace", operation
+        *parents, last = operation["path"].lstrip("/").split("/")
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key = int(last) if isinstance(node, list) else last
+        assert key in (range(len(node)) if isinstance(node, list) else node), f"{operation['path']} does not exist"
+        node[key] = operation["value"]
+    return doc
+
+
+def test_scaling_runbook_changes_the_worker_bounds_where_kuberay_reads_them():
+    """docs/OPERATIONS.md's two steps: `helm upgrade` alone changes nothing on the running cluster (KubeRay's
+    hash leaves the bounds out), so the runbook patches the RayCluster; the patch hits the chart's worker
+    group and KubeRay neither reverts it nor starts an upgrade over it."""
+    runbook = OPERATIONS.read_text().split("**Changing the worker bounds of a running RayService**", 1)[1]
+    operations = json.loads(re.search(r"-p='(\[.*?\])'", runbook, re.DOTALL).group(1))
+    helm_sets = dict(re.findall(r"--set (ray\.worker\.\w+)=(\d+)", runbook.split("```", 2)[1]))
+    running = one(render("prod"), "RayService")["spec"]["rayClusterConfig"]
+    # constructRayClusterForRayService: the RayCluster's spec is the RayService's rayClusterConfig.
+    patched = json_patch_replace({"spec": running}, operations)["spec"]
+    group = patched["workerGroupSpecs"][0]
+    assert group["groupName"] == "cpu-workers"
+    assert {"ray.worker.minReplicas": str(group["minReplicas"]),
+            "ray.worker.maxReplicas": str(group["maxReplicas"])} == helm_sets
+    assert (group["minReplicas"], group["maxReplicas"]) != (running["workerGroupSpecs"][0]["minReplicas"],
+                                                           running["workerGroupSpecs"][0]["maxReplicas"])
+    assert cluster_spec_hash(patched) == cluster_spec_hash(running)
+    upgraded = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"),
+                               *[a for k, v in helm_sets.items() for a in ("--set", f"{k}={v}")]), "RayService")
+    assert cluster_spec_hash(upgraded["spec"]["rayClusterConfig"]) == cluster_spec_hash(running)  # no effect
+    new_image = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), "--set", "image.tag=0.2.0"), "RayService")
+    assert cluster_spec_hash(new_image["spec"]["rayClusterConfig"]) != cluster_spec_hash(running)  # an upgrade
 
 
 OUTSIDE_CLIENT = Peer(ip="203.0.113.7")
