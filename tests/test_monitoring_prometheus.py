@@ -28,7 +28,8 @@ SEL = 'namespace="classifier-test", application="classifier"'
 
 # Cluster-only queries, checked for syntax only: (panel title, refId) and alert names.
 CLUSTER_ONLY_TARGETS = {("Pods per Ray group", "A"), ("CPU per pod", "A"), ("Memory per pod", "A")}
-CLUSTER_ONLY_ALERTS = {"ClassifierRayServiceNotReady", "ClassifierPodCrashLooping", "ClassifierPodOOMKilled"}
+CLUSTER_ONLY_ALERTS = {"ClassifierRayServiceNotReady", "ClassifierPodCrashLooping", "ClassifierRayPodsCrashing",
+                       "ClassifierPodOOMKilled"}
 
 # Raw counters whose increase during the test must equal what the test sent.
 COUNTERS = {
