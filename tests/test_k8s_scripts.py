@@ -48,7 +48,7 @@ def test_operator_pins_agree():
     pins = versions()
     chart = yaml.safe_load((REPO / "kuberay" / "chart" / "Chart.yaml").read_text())
     operator = yaml.safe_load((REPO / "helm-values" / "kuberay-operator.yaml").read_text())
-    assert pins["KUBERAY_CHART_VERSION"] == chart["annotations"]["kuberay.io/operator-version"] == "1.7.0"
+    assert pins["KUBERAY_CHART_VERSION"] == chart["annotations"]["kuberay.io/operator-version"] == "1.6.2"
     assert operator["image"]["tag"] == "v" + pins["KUBERAY_CHART_VERSION"]
     gates = {g["name"]: g["enabled"] for g in operator["featureGates"]}
     assert gates["RayServiceIncrementalUpgrade"] is True

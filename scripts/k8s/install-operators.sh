@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 2: KubeRay operator 1.7 (kuberay-system), kube-prometheus-stack (monitoring), ingress-nginx
+# Step 2: KubeRay operator 1.6.2 (kuberay-system), kube-prometheus-stack (monitoring), ingress-nginx
 # (ingress-nginx) and the Gateway API CRDs, with the pinned versions and helm-values/.
 # SKIP_MONITORING=1 / SKIP_INGRESS=1 leave those out on small laptops.
 # shellcheck source=common.sh
