@@ -2,7 +2,7 @@
 # command to `ray start ...`) and, in the chart's `deployment` mode, a single-node Serve (the default CMD).
 #
 # Build (needs BuildKit: DOCKER_BUILDKIT=1 with docker 20.10+, or buildx):
-#   docker build -t ray-serve-image-classifier:0.1.0 .
+#   docker build -t localhost/ray-serve-image-classifier:0.1.0 .
 # Build arguments (all optional):
 #   BASE_IMAGE        official Ray image matching the pinned Ray and Python (a stand-in with Python 3.11
 #                     and a uid-1000 `ray` user works too: scripts/image/base.sh makes one offline)

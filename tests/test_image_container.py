@@ -25,7 +25,7 @@ from ray_cluster import free_port, load_serve_config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-IMAGE = os.environ.get("IMAGE", "ray-serve-image-classifier:0.1.0")
+IMAGE = os.environ.get("IMAGE", "localhost/ray-serve-image-classifier:0.1.0")
 HADOLINT = REPO / ".tools" / "bin" / "hadolint"
 BUILD_TIMEOUT_S = 1500
 READY_TIMEOUT_S = 240

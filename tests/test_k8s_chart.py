@@ -1091,6 +1091,8 @@ def test_settings_carry_the_serve_process_env_of_serve_env(case):
 def test_image_defaults_to_the_chart_app_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     container = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"ray-serve-image-classifier:{chart['appVersion']}"
+    assert container["image"] == f"localhost/ray-serve-image-classifier:{chart['appVersion']}"
+    # Fully qualified (a registry host before the first slash), so no runtime resolves it against docker.io.
+    assert "." in container["image"].split("/")[0] or container["image"].startswith("localhost/")
     digest = one(render("deployment-all-on"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert digest["image"] == "ray-serve-image-classifier@sha256:" + "ab" * 32
+    assert digest["image"] == "localhost/ray-serve-image-classifier@sha256:" + "ab" * 32

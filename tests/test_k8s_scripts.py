@@ -82,3 +82,14 @@ def test_docs_name_only_paths_that_exist(doc):
 def test_operations_keeps_the_alert_runbooks_section_last():
     headings = re.findall(r"^## (.+)$", (REPO / "docs" / "OPERATIONS.md").read_text(), flags=re.M)
     assert headings[-1] == "Alert runbooks"
+
+
+def test_image_defaults_are_the_charts_default_image():
+    """What the build scripts tag, what the k8s scripts load and what the chart runs are one reference."""
+    chart = yaml.safe_load((REPO / "kuberay" / "chart" / "Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "kuberay" / "chart" / "values.yaml").read_text())
+    image = f"{values['image']['repository']}:{chart['appVersion']}"
+    assert image.startswith("localhost/")
+    assert versions()["IMAGE"] == "${IMAGE:-" + image + "}"
+    assert f"IMAGE=${{IMAGE:-{image}}}" in (REPO / "scripts" / "image" / "build.sh").read_text()
+    assert f'"IMAGE", "{image}"' in (REPO / "tests" / "test_image_container.py").read_text()

