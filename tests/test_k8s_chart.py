@@ -136,21 +136,44 @@ def test_helm_template_renders_objects(case):
         assert {"apiVersion", "kind", "metadata"} <= doc.keys()
 
 
-def test_plain_manifest_is_helm_template_with_default_values():
+def test_plain_manifest_is_helm_template_with_the_dev_values():
     body = "".join(line for line in PLAIN_MANIFEST.read_text().splitlines(keepends=True)
-                   if not line.startswith("# Generated") and not line.startswith("# Apply")
+                   if not line.startswith("# Generated") and not line.startswith("# Quick start")
                    and not line.startswith("#   kubectl"))
-    assert body == render_text("default"), (
-        "kuberay/rayservice.yaml differs from `helm template` with default values: run scripts/k8s/render.sh")
+    assert body == render_text("dev"), (
+        "kuberay/rayservice.yaml differs from `helm template` with helm-values/app-dev.yaml: run scripts/k8s/render.sh")
 
 
-def test_plain_manifest_is_a_rayservice_for_kubectl_apply():
+def namespaces_named(node, path="") -> list[str]:
+    """Every place a manifest names a namespace: namespace fields, namespace selectors, `<svc>.<ns>.svc` hosts."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("namespace", "namespaceSelector"):
+                found.append(f"{path}.{key}")
+            found += namespaces_named(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += namespaces_named(value, f"{path}[{i}]")
+    elif isinstance(node, str) and re.search(r"\.[a-z0-9-]+\.svc\b", node):
+        found.append(f"{path}: {node}")
+    return found
+
+
+def test_plain_manifest_is_a_quick_start_that_names_no_namespace():
+    """`kubectl apply -n <any> -f kuberay/rayservice.yaml` must work as it is: nothing in it names the
+    operator's, the monitoring stack's or an ingress controller's namespace, nor its own."""
     docs = [d for d in yaml.safe_load_all(PLAIN_MANIFEST.read_text()) if d]
     service = one(docs, "RayService")
     assert service["apiVersion"] == "ray.io/v1"
-    # `kubectl apply -n <ns>` must work: nothing pins a namespace.
+    assert not by_kind(docs, "NetworkPolicy")
     for doc in docs:
-        assert "namespace" not in doc["metadata"], doc["metadata"]["name"]
+        assert namespaces_named(doc) == [], (doc["kind"], namespaces_named(doc))
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert not {"RAY_GRAFANA_HOST", "RAY_GRAFANA_IFRAME_HOST", "RAY_PROMETHEUS_HOST"} & {e["name"] for e in head["env"]}
+    # The check sees what the default values name.
+    assert any("namespaceSelector" in p for d in render("default") for p in namespaces_named(d))
+    assert any(".monitoring.svc" in p for d in render("default") for p in namespaces_named(d))
 
 
 # ------------------------------------------------------------------------------ serveConfigV2 == file
@@ -1038,7 +1061,7 @@ def test_load_balancer_traffic_passes_the_network_policies(mode):
     assert not admits(without, labels, ports, "serve", OUTSIDE_CLIENT)  # default deny without a LoadBalancer
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c for c in CASES if c != "dev"])
 def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
     docs = render(case)
     policies = by_kind(docs, "NetworkPolicy")

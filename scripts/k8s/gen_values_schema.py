@@ -37,7 +37,7 @@ DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+
 INITIALIZING_TIMEOUT = {"anyOf": [{"const": ""}, {"allOf": [
     {"type": "string", "pattern": r"^(([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+|[0-9]+)$"},
     {"pattern": "[1-9]"}]}]}
-URL = {"type": "string", "pattern": r"^https?://"}
+URL = {"type": "string", "pattern": r"^(https?://.*)?$"}  # empty: not set
 
 
 def obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
