@@ -546,6 +546,44 @@ def test_a_fixed_redis_namespace_is_rendered_when_no_upgrade_runs_a_second_clust
     assert rayservice_errors(service) == []
 
 
+def quantity(text) -> float:
+    """A Kubernetes quantity as a number (CPUs, bytes)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(text)).groups()
+    return float(number) * units.get(unit, 1)
+
+
+def pod_requests(spec: dict, init: list[dict] = ()) -> dict[str, float]:
+    """What the scheduler reserves for a pod: the sum over its containers, or an init container's request
+    if larger."""
+    totals = {}
+    for resource in ("cpu", "memory"):
+        running = sum(quantity(c["resources"]["requests"].get(resource, 0)) for c in spec["containers"])
+        totals[resource] = max([running] + [quantity(c["resources"]["requests"][resource]) for c in init])
+    return totals
+
+
+# kube-system and the operator on the one-node test cluster: CoreDNS, metrics-server, KubeRay (~300m).
+NODE = {"cpu": 2.0, "memory": 24 * 2**30}
+SYSTEM = {"cpu": 0.3, "memory": 1 * 2**30}
+# KubeRay's wait-gcs-ready init container on every worker (common/pod.go: fixed 200m / 256Mi).
+WAIT_GCS_READY = [{"resources": {"requests": {"cpu": "200m", "memory": "256Mi"}}}]
+
+
+def test_dev_values_fit_one_2_cpu_node_through_a_new_cluster_upgrade():
+    cluster = one(render("dev"), "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is False  # no autoscaler sidecar in the head pod
+    head = pod_requests(cluster["headGroupSpec"]["template"]["spec"])
+    [group] = cluster["workerGroupSpecs"]
+    worker = pod_requests(group["template"]["spec"], WAIT_GCS_READY)
+    assert (head["cpu"], worker["cpu"]) == (0.2, 0.5)
+    assert (head["memory"], worker["memory"]) == (2 * 2**30, 3 * 2**30)
+    one_cluster = {r: head[r] + group["maxReplicas"] * worker[r] for r in head}
+    for resource in ("cpu", "memory"):  # blue/green: both clusters at once
+        assert SYSTEM[resource] + 2 * one_cluster[resource] <= NODE[resource], resource
+    assert group["rayStartParams"]["num-cpus"] == "2"  # Ray's logical CPUs for serve_config.yaml
+
+
 CHART_NAME = "ray-serve-image-classifier"
 
 
