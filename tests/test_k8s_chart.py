@@ -49,6 +49,7 @@ CASES: dict[str, list[str]] = {
     "dev": ["-f", str(HELM_VALUES / "app-dev.yaml")],
     "prod": ["-f", str(HELM_VALUES / "app-prod.yaml")],
     "deployment-example": ["-f", str(HELM_VALUES / "app-deployment.yaml")],
+    "deployment-local": ["-f", str(HELM_VALUES / "app-deployment-local.yaml")],
     "rayservice-all-on": ALL_ON + [
         "--set", "ray.gcsFaultTolerance.enabled=true",
         "--set", "ray.gcsFaultTolerance.redisAddress=redis.redis.svc:6379",
@@ -582,6 +583,26 @@ def test_dev_values_fit_one_2_cpu_node_through_a_new_cluster_upgrade():
     for resource in ("cpu", "memory"):  # blue/green: both clusters at once
         assert SYSTEM[resource] + 2 * one_cluster[resource] <= NODE[resource], resource
     assert group["rayStartParams"]["num-cpus"] == "2"  # Ray's logical CPUs for serve_config.yaml
+
+
+def test_local_deployment_values_fit_one_2_cpu_node_through_a_rolling_update():
+    docs = render("deployment-local")
+    deployment = one(docs, "Deployment")
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 5)
+    assert not by_kind(docs, "Ingress")
+    assert not [s for s in by_kind(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["RAY_NUM_CPUS"] == "2"
+    assert container["resources"]["requests"]["memory"] == "2560Mi"
+    assert container["resources"]["limits"]["memory"] == "3584Mi"
+    surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    pods = hpa["spec"]["minReplicas"] + surge
+    per_pod = pod_requests(spec)
+    for resource in ("cpu", "memory"):
+        assert SYSTEM[resource] + pods * per_pod[resource] <= NODE[resource], resource
+    assert "ONE node of 2 CPUs" in (HELM_VALUES / "app-deployment-local.yaml").read_text().split("\nmode:")[0]
 
 
 CHART_NAME = "ray-serve-image-classifier"
