@@ -12,8 +12,10 @@ import copy
 import functools
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -1005,9 +1007,6 @@ def test_incremental_upgrade_lets_kuberays_gateway_proxy_reach_the_serve_port():
 def notes(*args: str) -> str:
     """NOTES.txt as `helm install` prints it (rendered through a copy of the chart, since `helm template`
     leaves NOTES out)."""
-    import shutil
-    import tempfile
-
     copy_dir = Path(tempfile.mkdtemp()) / "chart"
     shutil.copytree(CHART, copy_dir, symlinks=False)
     (copy_dir / "templates" / "notes-preview.yaml").write_text(
