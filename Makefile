@@ -1,5 +1,5 @@
 # Entry points; README.md documents them.
-.PHONY: setup tools run test
+.PHONY: setup tools run test cluster cluster-down cluster-clean cluster-test
 
 setup:            ## venv, pinned dependencies, offline pretrained weights
 	bash scripts/setup-python.sh
@@ -10,5 +10,18 @@ tools:            ## non-Python tools used by the tests (helm, promtool, ...)
 run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 	set -a && . ./serve.env && set +a && .venv/bin/serve run serve_config.yaml
 
-test: setup tools ## the whole test suite against a real Ray Serve
+test: setup tools ## the whole test suite against a real Ray Serve (cluster tests skip without a cluster)
 	.venv/bin/python -m pytest
+
+cluster:          ## a real single-node Kubernetes + KubeRay operator here (kubeconfig: .cluster/kubeconfig)
+	bash cluster/install-deps.sh
+	bash cluster/up.sh
+
+cluster-down:     ## stop the cluster by pid and remove its state (logs stay in .cluster/logs)
+	bash cluster/down.sh
+
+cluster-clean: cluster-down ## also drop the cached binaries and the node's image store
+	bash cluster/clean.sh
+
+cluster-test: setup tools ## the tests on the real cluster (pytest -m cluster; needs make cluster)
+	.venv/bin/python -m pytest -m cluster

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build the images the test cluster runs and import them into the node's containerd (no registry is
+# reachable, so nothing is ever pulled): the pod sandbox, CoreDNS, metrics-server and the KubeRay
+# operator (each one static binary from cluster/build.sh on an empty filesystem), and the app image
+# (scripts/image/build.sh, offline profile) under the chart's default reference. An image already in
+# containerd with the same content is not imported again.
+#   images.sh            all of them (containerd must be running: cluster/up.sh calls this)
+#   images.sh app        only the app image
+source "$(dirname "$0")/lib.sh"
+
+DOCKER=${DOCKER:-/usr/bin/docker}
+APP_IMAGE=${APP_IMAGE:-$(chart_default_image)}
+
+# containerd names images fully: ray-serve-image-classifier:0.1.0 is docker.io/library/...
+full_ref() {
+  case $1 in
+    */*) case ${1%%/*} in
+           *.*|*:*|localhost) echo "$1" ;;
+           *) echo "docker.io/$1" ;;
+         esac ;;
+    *) echo "docker.io/library/$1" ;;
+  esac
+}
+
+# The label an imported image carries: what it was made from (a binary's or docker image's digest).
+imported_from() { ctr_node images ls "name==$(full_ref "$1")" 2>/dev/null | awk 'NR > 1 { print $NF }' | tr ',' '\n' \
+  | sed -n 's/^classifier.source=//p'; }
+
+ensure_docker() { bash scripts/image/dockerd.sh start >&2; }
+
+import_docker_image() {  # REF SOURCE-ID
+  local start; start=$(now)
+  "$DOCKER" save "$1" | ctr_node images import - >/dev/null
+  ctr_node images label "$(full_ref "$1")" "classifier.source=$2" >/dev/null
+  log "imported $1 in $(since "$start") s"
+}
+
+# binary_image REF BINARY PATH-IN-IMAGE: a one-binary image running as an unprivileged user.
+binary_image() {
+  local ref=$1 binary=$2 path=$3 sum root
+  sum=$(sha256sum "$(readlink -f "$binary")" | cut -c1-32)
+  if [ "$(imported_from "$ref")" = "$sum" ]; then return 0; fi
+  ensure_docker
+  root=$(mktemp -d)
+  install -D -m 0755 "$(readlink -f "$binary")" "$root$path"
+  mkdir -p "$root/tmp" && chmod 1777 "$root/tmp"
+  tar -C "$root" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . \
+    | "$DOCKER" import --change "ENTRYPOINT [\"$path\"]" --change 'USER 65532:65532' - "$ref" >/dev/null
+  rm -rf "$root"
+  import_docker_image "$ref" "$sum"
+}
+
+app_image() {
+  ensure_docker
+  IMAGE=$APP_IMAGE IMAGE_PROFILE=offline bash scripts/image/build.sh >&2
+  local id; id=$("$DOCKER" image inspect -f '{{.Id}}' "$APP_IMAGE" | cut -d: -f2 | cut -c1-32)
+  if [ "$(imported_from "$APP_IMAGE")" = "$id" ]; then log "$APP_IMAGE already imported"; return 0; fi
+  import_docker_image "$APP_IMAGE" "$id"
+}
+
+case "${1:-all}" in
+  all)
+    binary_image "$PAUSE_IMAGE" "$BIN/pause" /pause
+    binary_image "$COREDNS_IMAGE_REPO:$(module_version coredns github.com/coredns/coredns)" "$BIN/coredns" /coredns
+    binary_image "$METRICS_SERVER_IMAGE_REPO:$(module_version metrics-server sigs.k8s.io/metrics-server)" \
+      "$BIN/metrics-server" /metrics-server
+    binary_image "$KUBERAY_IMAGE_REPO:$(module_version kuberay github.com/ray-project/kuberay/ray-operator)" \
+      "$BIN/ray-operator" /manager
+    app_image ;;
+  app) app_image ;;
+  *) die "usage: $0 [all|app]" ;;
+esac
