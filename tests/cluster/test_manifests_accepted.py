@@ -1,0 +1,93 @@
+"""Every manifest a user applies, judged by the real API server and the real KubeRay operator:
+`kubectl apply -k monitoring/` for real (the Prometheus operator's CRDs are installed), the chart's
+HTTPRoute and Ingress by server-side dry run (no Gateway or Ingress controller runs here), and every
+shipped values file installed for real into a namespace enforcing Pod Security `restricted`: the
+operator validates the RayService and creates the Ray cluster, and every pod it (or the Deployment)
+creates is admitted, even where this one 2-CPU node cannot schedule them all.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubetest import (
+    REPO,
+    chart_default_image,
+    cluster,  # noqa: F401 - fixture
+    condition,
+    get,
+    helm_install,
+    kuberay_events,
+    kubectl,
+    namespace,
+    render,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "classifier"
+NAME = "classifier-ray-serve-image-classifier"
+
+
+def test_monitoring_kustomization_applies_for_real(cluster):  # noqa: F811
+    with namespace("monitoring-test") as ns:
+        kubectl("apply", "--server-side", "-k", str(REPO / "monitoring"), "-n", ns)
+        built = kubectl("kustomize", str(REPO / "monitoring")).stdout
+        import yaml
+        docs = [d for d in yaml.safe_load_all(built) if d]
+        missing = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                   if get(f"{d['kind'].lower()}.{d['apiVersion'].split('/')[0]}" if "/" in d["apiVersion"]
+                          else d["kind"].lower(), d["metadata"]["name"], ns, missing_ok=True) is None]
+        assert not missing, missing
+        kinds = sorted({d["kind"] for d in docs})
+        assert {"PodMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds), kinds
+        print(f"\nmonitoring/: {len(docs)} objects applied ({', '.join(kinds)})")
+
+
+@pytest.mark.parametrize("mode", ["rayservice", "deployment"])
+def test_httproute_and_ingress_pass_server_side_dry_run(cluster, mode):  # noqa: F811
+    with namespace(f"frontdoor-{mode}") as ns:
+        docs = render(RELEASE, ns, sets=(f"mode={mode}", "httpRoute.enabled=true", "ingress.enabled=true",
+                                         "loadBalancer.enabled=true"))
+        kinds = {d["kind"] for d in docs}
+        assert {"HTTPRoute", "Ingress"} <= kinds, kinds
+        out = kubectl("apply", "--server-side", "--dry-run=server", "-n", ns, "-f", "-",
+                      input="\n---\n".join(json.dumps(d) for d in docs)).stdout
+        assert "httproute.gateway.networking.k8s.io/" in out and "ingress.networking.k8s.io/" in out, out
+
+
+SHIPPED = sorted(p.name for p in (REPO / "helm-values").glob("app-*.yaml"))
+
+
+@pytest.mark.parametrize("values", SHIPPED)
+def test_every_shipped_values_file_is_reconciled_and_admitted(cluster, values):  # noqa: F811
+    """Install for real; the operator (rayservice) or the ReplicaSet (deployment) must create pods
+    that Pod Security admits. Images are the local one: nothing is pulled here."""
+    import yaml
+    mode = yaml.safe_load((REPO / "helm-values" / values).read_text()).get("mode", "rayservice")
+    repo, tag = chart_default_image().rsplit(":", 1)
+    with namespace(f"values-{values.removeprefix('app-').removesuffix('.yaml')}") as ns:
+        if values == "app-prod.yaml":  # the Redis password the GCS fault tolerance options name
+            kubectl("create", "secret", "generic", "ray-gcs-redis", "-n", ns, "--from-literal=password=test")
+        helm_install(RELEASE, ns, f"helm-values/{values}", sets=(f"image.repository={repo}", f"image.tag={tag}"))
+        if mode == "rayservice":
+            def cluster_created():
+                events = kuberay_events(ns, NAME)
+                failed = [e["message"] for e in events if e["reason"] in ("ValidationFailed", "InvalidRayServiceSpec")]
+                assert not failed, failed
+                return get("raycluster", namespace=ns)
+            [raycluster] = wait_for(cluster_created, 120, f"KubeRay to create the Ray cluster for {values}")
+            pods = wait_for(lambda: get("pods", namespace=ns, selector=f"ray.io/cluster={raycluster['metadata']['name']}"),
+                            120, "the Ray pods")
+            wait_for(lambda: [p for p in get("pods", namespace=ns, selector="ray.io/node-type=worker")]
+                     or condition(get("raycluster", raycluster["metadata"]["name"], ns), "HeadPodReady"), 120,
+                     "worker pods or a ready head")
+        else:
+            pods = wait_for(lambda: get("pods", namespace=ns, selector="app.kubernetes.io/component=serve"), 120,
+                            "the Deployment's pods")
+        refused = [e["message"] for e in get("events", namespace=ns)
+                   if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")]
+        assert not refused, refused
+        print(f"\n{values}: {len(pods)} pod(s) admitted: {[p['metadata']['name'] for p in pods]}")

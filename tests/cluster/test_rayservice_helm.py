@@ -1,0 +1,177 @@
+"""The documented first install, on the real cluster with the real KubeRay operator: `helm install`
+with helm-values/app-dev.yaml (mode rayservice) into a namespace that enforces Pod Security
+`restricted`. The operator must accept the RayService (before the idle-timeout fix it marked it
+ValidationFailed and created nothing), create the Ray cluster, have every pod admitted, deploy the
+Serve app and report Ready; a cat photo and the OIP v2 tritonclient path then classify through
+`<name>-serve-svc`. Then `helm upgrade` to a new image tag and a changed user_config, and `helm
+rollback`, each under a steady load from 127.0.0.1 through a gateway in front of that Service:
+no request may fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+import requests
+import yaml
+from kubetest import (
+    CHART,
+    REPO,
+    Load,
+    active_cluster,
+    chart_default_image,
+    classify_cat,
+    cluster,  # noqa: F401 - fixture
+    condition,
+    delete_namespace,
+    create_namespace,
+    gateway,
+    get,
+    helm,
+    helm_install,
+    is_subset,
+    kuberay_events,
+    port_forward,
+    rayservice,
+    render,
+    tag_image,
+    wait_for,
+    wait_http_ok,
+    wait_rayservice_ready,
+)
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "classifier"
+NAME = "classifier-ray-serve-image-classifier"  # the chart's fullname for this release
+VALUES = ("helm-values/app-dev.yaml",)
+
+
+@pytest.fixture(scope="module")
+def dev(cluster):  # noqa: F811
+    ns = create_namespace("dev")
+    try:
+        start = time.monotonic()
+        helm_install(RELEASE, ns, *VALUES)
+        wait_rayservice_ready(ns, NAME, timeout_s=900)
+        print(f"\nhelm install -> RayService Ready: {time.monotonic() - start:.0f} s")
+        yield ns
+    finally:
+        delete_namespace(ns)
+
+
+def test_the_operator_accepts_the_rayservice_and_creates_the_ray_cluster(dev):
+    events = kuberay_events(dev, NAME)
+    reasons = {e["reason"] for e in events}
+    assert "ValidationFailed" not in reasons, [e["message"] for e in events if e["reason"] == "ValidationFailed"]
+    [raycluster] = get("raycluster", namespace=dev)
+    assert raycluster["metadata"]["ownerReferences"][0]["name"] == NAME
+    assert raycluster["metadata"]["name"] == active_cluster(dev, NAME)
+    assert condition(raycluster, "HeadPodReady").get("status") == "True", raycluster["status"]
+    pods = get("pods", namespace=dev, selector=f"ray.io/cluster={raycluster['metadata']['name']}")
+    types = sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in pods)
+    assert types == ["head", "worker"], types
+    assert all(p["status"]["phase"] == "Running" for p in pods), [(p["metadata"]["name"], p["status"]["phase"]) for p in pods]
+
+
+def test_every_pod_is_admitted_under_pod_security_restricted(dev):
+    labels = get("namespace", dev)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    refused = [e["message"] for e in get("events", namespace=dev)
+               if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")]
+    assert not refused, refused
+    # What admission let through really is restricted: no pod runs as root or may escalate.
+    for pod in get("pods", namespace=dev):
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, pod["metadata"]["name"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False and sc["capabilities"]["drop"] == ["ALL"], \
+                (pod["metadata"]["name"], c["name"], sc)
+
+
+def test_the_chart_default_image_reference_is_what_runs(dev):
+    images = {c["image"] for p in get("pods", namespace=dev) for c in p["spec"]["containers"]}
+    assert images == {chart_default_image()}, images
+
+
+def test_rendered_objects_exist_as_rendered(dev):
+    problems = []
+    for doc in render(RELEASE, dev, *VALUES):
+        live = get(doc["kind"].lower(), doc["metadata"]["name"], dev if doc["kind"] != "Namespace" else None,
+                   missing_ok=True)
+        if live is None:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']} missing")
+        elif doc["kind"] in ("Service", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap"):
+            key = "data" if doc["kind"] == "ConfigMap" else "spec"
+            problems += [f"{doc['kind']}/{doc['metadata']['name']}{d}" for d in is_subset(doc[key], live[key], "." + key)]
+    assert not problems, "\n".join(problems)
+
+
+def test_a_cat_photo_and_tritonclient_classify_through_the_serve_service(dev, cat_png):
+    with port_forward(dev, f"svc/{NAME}-serve-svc", 8000) as port:
+        print(f"\n{NAME}-serve-svc: {classify_cat(port, cat_png)}")
+
+
+def serve_applications(ns: str) -> dict:
+    """What the Ray cluster really runs: Serve's REST API on the active head, with KubeRay's token."""
+    cluster_name = active_cluster(ns, NAME)
+    token = next(base64.b64decode(s["data"]["auth_token"]).decode() for s in get("secrets", namespace=ns)
+                 if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {}))
+    with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port:
+        r = requests.get(f"http://127.0.0.1:{port}/api/serve/applications/",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["applications"]
+
+
+def model_user_config(ns: str) -> dict:
+    return serve_applications(ns)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"]["user_config"]
+
+
+def wait_upgrade_done(ns: str, old_cluster: str, timeout_s: float = 1200) -> str:
+    """The RayService serves from a new cluster, is Ready, and the old cluster is gone."""
+    def done():
+        obj = rayservice(ns, NAME)
+        new = active_cluster(ns, NAME)
+        pending = (obj.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
+        names = {c["metadata"]["name"] for c in get("raycluster", namespace=ns)}
+        ready = condition(obj, "Ready").get("status") == "True"
+        return new if new and new != old_cluster and not pending and ready and names == {new} else None
+    return wait_for(done, timeout_s, f"the upgrade of {NAME} away from {old_cluster}", poll_s=5)
+
+
+def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path):
+    image = chart_default_image()
+    repo, old_tag = image.rsplit(":", 1)
+    new_tag = "0.1.1"
+    tag_image(image, f"{repo}:{new_tag}")
+    v11 = tmp_path / "v1.1.yaml"
+    v11.write_text(yaml.safe_dump({
+        "image": {"tag": new_tag},
+        "serveConfig": {"deploymentOverrides": [
+            {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}]},
+    }))
+    assert model_user_config(dev)["max_batch_size"] == 8
+    steps = [("upgrade 1.0 -> 1.1", ("upgrade", RELEASE, str(CHART), "-n", dev, "-f", str(REPO / VALUES[0]),
+                                     "-f", str(v11)), new_tag, 4),
+             ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", dev), old_tag, 8)]
+    with gateway(f"{NAME}-serve-svc.{dev}.svc.cluster.local:8000", image) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        for step, helm_args, want_tag, want_batch in steps:
+            before = active_cluster(dev, NAME)
+            start = time.monotonic()
+            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load:
+                time.sleep(10)  # steady traffic before the change ...
+                helm(*helm_args)
+                after = wait_upgrade_done(dev, before)
+                time.sleep(10)  # ... and after it
+            print(f"\n{step}: cluster {before} -> {after} in {time.monotonic() - start:.0f} s; {load.summary()}")
+            assert load.failed == 0, load.summary()
+            assert load.ok > 50, load.summary()
+            images = {c["image"] for p in get("pods", namespace=dev, selector=f"ray.io/cluster={after}")
+                      for c in p["spec"]["containers"]}
+            assert images == {f"{repo}:{want_tag}"}, images
+            assert model_user_config(dev)["max_batch_size"] == want_batch
