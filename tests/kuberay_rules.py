@@ -34,7 +34,7 @@ def go_duration_seconds(text: str) -> float | None:
         if not match:
             return None
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(3)]
-        rest = rest[match.end():]
+        rest = rest[match.end() :]
     return sign * total
 
 
@@ -51,7 +51,9 @@ def _metadata_errors(metadata: dict) -> list[str]:
         if seconds is None and re.fullmatch(r"[-+]?\d+", timeout):
             seconds = int(timeout)
         if seconds is None or seconds <= 0:
-            errors.append(f"{INITIALIZING_TIMEOUT} {timeout!r} is not a positive duration or number of seconds")
+            errors.append(
+                f"{INITIALIZING_TIMEOUT} {timeout!r} is not a positive duration or number of seconds"
+            )
     return errors
 
 
@@ -60,8 +62,10 @@ def _autoscaler_v2(cluster: dict) -> bool:
     if (cluster.get("autoscalerOptions") or {}).get("version") == "v2":
         return True
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    return any(e.get("name") == "RAY_enable_autoscaler_v2" and e.get("value") in ("1", "true")
-               for e in head.get("env", []))
+    return any(
+        e.get("name") == "RAY_enable_autoscaler_v2" and e.get("value") in ("1", "true")
+        for e in head.get("env", [])
+    )
 
 
 def _cluster_errors(cluster: dict, annotations: dict) -> list[str]:
@@ -72,19 +76,27 @@ def _cluster_errors(cluster: dict, annotations: dict) -> list[str]:
         name = group["groupName"]
         low, high = group.get("minReplicas"), group.get("maxReplicas")
         if not autoscaling and (low is None or high is None):
-            errors.append(f"worker group {name}: minReplicas and maxReplicas are required without autoscaling")
+            errors.append(
+                f"worker group {name}: minReplicas and maxReplicas are required without autoscaling"
+            )
         if low is not None and high is not None and low > high:
             errors.append(f"worker group {name}: minReplicas {low} > maxReplicas {high}")
         if "idleTimeoutSeconds" in group:
             if group["idleTimeoutSeconds"] < 0:
                 errors.append(f"worker group {name}: negative idleTimeoutSeconds")
             if not _autoscaler_v2(cluster):
-                errors.append(f"worker group {name}: idleTimeoutSeconds is set, but autoscaler v2 is not enabled")
-        if autoscaling and _autoscaler_v2(cluster) and group["template"]["spec"].get("restartPolicy") not in (
-                None, "", "Never"):
+                errors.append(
+                    f"worker group {name}: idleTimeoutSeconds is set, but autoscaler v2 is not enabled"
+                )
+        if (
+            autoscaling
+            and _autoscaler_v2(cluster)
+            and group["template"]["spec"].get("restartPolicy") not in (None, "", "Never")
+        ):
             errors.append(f"worker group {name}: restartPolicy must be Never or unset with autoscaler v2")
     if cluster.get("gcsFaultToleranceOptions") and "redis-password" in cluster["headGroupSpec"].get(
-            "rayStartParams", {}):
+        "rayStartParams", {}
+    ):
         errors.append("redis-password in rayStartParams together with gcsFaultToleranceOptions")
     if cluster.get("gcsFaultToleranceOptions") and "ray.io/external-storage-namespace" in annotations:
         errors.append("ray.io/external-storage-namespace annotation together with gcsFaultToleranceOptions")
@@ -124,9 +136,11 @@ def _spec_errors(spec: dict) -> list[str]:
 def rayservice_errors(rayservice: dict) -> list[str]:
     """Everything in the RayService that KubeRay v1.6.2's validateRayService would refuse."""
     annotations = rayservice["metadata"].get("annotations") or {}
-    return (_metadata_errors(rayservice["metadata"])
-            + _cluster_errors(rayservice["spec"]["rayClusterConfig"], annotations)
-            + _spec_errors(rayservice["spec"]))
+    return (
+        _metadata_errors(rayservice["metadata"])
+        + _cluster_errors(rayservice["spec"]["rayClusterConfig"], annotations)
+        + _spec_errors(rayservice["spec"])
+    )
 
 
 def incremental_upgrade(spec: dict) -> bool:
@@ -152,22 +166,28 @@ def serve_service(rayservice: dict, cluster_name: str) -> dict:
     incremental = incremental_upgrade(spec)
     head = spec["rayClusterConfig"]["headGroupSpec"]
     custom = None if incremental else spec.get("serveService")
-    ports = [{"name": p["name"], "port": p["containerPort"]} for p in head["template"]["spec"]["containers"][0]
-             .get("ports", []) if p.get("name") == "serve" or p.get("name", "").startswith("serve-")]
+    ports = [
+        {"name": p["name"], "port": p["containerPort"]}
+        for p in head["template"]["spec"]["containers"][0].get("ports", [])
+        if p.get("name") == "serve" or p.get("name", "").startswith("serve-")
+    ]
     if custom:
         by_name = {p["name"]: p for p in custom.get("spec", {}).get("ports", [])}
         ports = [by_name.get(p["name"], p) for p in ports] or list(by_name.values())
     base = cluster_name if incremental else rayservice["metadata"]["name"]
     custom = custom or {}
     return {
-        "metadata": {"name": (custom.get("metadata") or {}).get("name") or f"{base}-serve-svc",
-                     "labels": {**(custom.get("metadata") or {}).get("labels", {}),
-                                "ray.io/serve": f"{base}-serve"},
-                     "annotations": (custom.get("metadata") or {}).get("annotations", {})},
-        "spec": {**{k: v for k, v in custom.get("spec", {}).items() if k not in ("selector", "ports")},
-                 "type": custom.get("spec", {}).get("type") or head.get("serviceType") or "ClusterIP",
-                 "selector": {"ray.io/cluster": cluster_name, "ray.io/serve": "true"},
-                 "ports": ports},
+        "metadata": {
+            "name": (custom.get("metadata") or {}).get("name") or f"{base}-serve-svc",
+            "labels": {**(custom.get("metadata") or {}).get("labels", {}), "ray.io/serve": f"{base}-serve"},
+            "annotations": (custom.get("metadata") or {}).get("annotations", {}),
+        },
+        "spec": {
+            **{k: v for k, v in custom.get("spec", {}).items() if k not in ("selector", "ports")},
+            "type": custom.get("spec", {}).get("type") or head.get("serviceType") or "ClusterIP",
+            "selector": {"ray.io/cluster": cluster_name, "ray.io/serve": "true"},
+            "ports": ports,
+        },
     }
 
 

@@ -25,9 +25,12 @@ def selects(selector: dict | None, labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        ok = {"In": key in labels and labels[key] in values,
-              "NotIn": key not in labels or labels[key] not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
         if not ok:
             return False
     return True
@@ -39,8 +42,9 @@ def _peer_matches(entry: dict, peer: Peer, policy_namespace: str) -> bool:
             return False
         address = ipaddress.ip_address(peer.ip)
         block = entry["ipBlock"]
-        return (address in ipaddress.ip_network(block["cidr"])
-                and not any(address in ipaddress.ip_network(e) for e in block.get("except", [])))
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
     if peer.ip and not peer.namespace:
         return False
     if "namespaceSelector" in entry:
@@ -57,14 +61,24 @@ def _port_matches(rule_port: dict, port_name: str, ports: dict[str, int]) -> boo
     return wanted is None or wanted == port_name or wanted == ports.get(port_name)
 
 
-def admits(policies: list[dict], pod_labels: dict[str, str], ports: dict[str, int], port_name: str,
-           peer: Peer, namespace: str = "app") -> bool:
+def admits(
+    policies: list[dict],
+    pod_labels: dict[str, str],
+    ports: dict[str, int],
+    port_name: str,
+    peer: Peer,
+    namespace: str = "app",
+) -> bool:
     """Whether `peer` may open a TCP connection to the pod's container port `port_name` (declared in
     `ports`, name -> number) under `policies`, all in `namespace` with the pod."""
     if port_name not in ports:
         return False  # nothing listens under that name
-    selecting = [p for p in policies if selects(p["spec"].get("podSelector"), pod_labels)
-                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    selecting = [
+        p
+        for p in policies
+        if selects(p["spec"].get("podSelector"), pod_labels)
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+    ]
     if not selecting:
         return True
     for policy in selecting:

@@ -144,11 +144,12 @@ def test_plain_manifest_is_helm_template_with_the_dev_values():
                    if not line.startswith("# Generated") and not line.startswith("# Quick start")
                    and not line.startswith("#   kubectl"))
     assert body == render_text("dev"), (
-        "kuberay/rayservice.yaml differs from `helm template` with helm-values/app-dev.yaml: run scripts/k8s/render.sh")
+        "kuberay/rayservice.yaml differs from `helm template` with helm-values/app-dev.yaml: "
+        "run scripts/k8s/render.sh")
 
 
 def namespaces_named(node, path="") -> list[str]:
-    """Every place a manifest names a namespace: namespace fields, namespace selectors, `<svc>.<ns>.svc` hosts."""
+    """Every place a manifest names a namespace: namespace fields and selectors, `<svc>.<ns>.svc` hosts."""
     found = []
     if isinstance(node, dict):
         for key, value in node.items():
@@ -173,7 +174,8 @@ def test_plain_manifest_is_a_quick_start_that_names_no_namespace():
     for doc in docs:
         assert namespaces_named(doc) == [], (doc["kind"], namespaces_named(doc))
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert not {"RAY_GRAFANA_HOST", "RAY_GRAFANA_IFRAME_HOST", "RAY_PROMETHEUS_HOST"} & {e["name"] for e in head["env"]}
+    hosts = {"RAY_GRAFANA_HOST", "RAY_GRAFANA_IFRAME_HOST", "RAY_PROMETHEUS_HOST"}
+    assert not hosts & {e["name"] for e in head["env"]}
     # The check sees what the default values name.
     assert any("namespaceSelector" in p for d in render("default") for p in namespaces_named(d))
     assert any(".monitoring.svc" in p for d in render("default") for p in namespaces_named(d))
@@ -518,7 +520,8 @@ def test_deployment_pdb_keeps_max_unavailable():
     assert disruptions_allowed(pdb, ready_pods=3, owner_has_scale=True) == 1
 
 
-GCS_FT = ["--set", "ray.gcsFaultTolerance.enabled=true", "--set", "ray.gcsFaultTolerance.redisAddress=redis:6379"]
+GCS_FT = ["--set", "ray.gcsFaultTolerance.enabled=true",
+          "--set", "ray.gcsFaultTolerance.redisAddress=redis:6379"]
 INCREMENTAL = ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
                "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
                "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
@@ -543,9 +546,10 @@ def test_a_shared_redis_namespace_is_refused_where_upgrades_run_two_clusters(str
 
 
 def test_a_fixed_redis_namespace_is_rendered_when_no_upgrade_runs_a_second_cluster():
-    service = one(render_with(*GCS_FT, "--set", "ray.upgradeStrategy.type=None",
-                              "--set", "ray.gcsFaultTolerance.externalStorageNamespace=classifier"), "RayService")
-    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["externalStorageNamespace"] == "classifier"
+    service = one(render_with(*GCS_FT, "--set", "ray.upgradeStrategy.type=None", "--set",
+                              "ray.gcsFaultTolerance.externalStorageNamespace=classifier"), "RayService")
+    gcs = service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert gcs["externalStorageNamespace"] == "classifier"
     assert rayservice_errors(service) == []
 
 
@@ -672,7 +676,8 @@ BAD_VALUES = {
     "bad auth mode": (["--set", "ray.auth.mode=password"], "ray.auth.mode"),
     # KubeRay refuses a zero or unparsable ray.io/initializing-timeout (validateInitializingTimeout).
     "zero initializing timeout": (["--set", "ray.initializingTimeout=0s"], "initializingTimeout"),
-    "unparsable initializing timeout": (["--set", "ray.initializingTimeout=ten minutes"], "initializingTimeout"),
+    "unparsable initializing timeout": (["--set", "ray.initializingTimeout=ten minutes"],
+                                        "initializingTimeout"),
     "string replicas": (["--set-string", "deployment.replicas=three"], "deployment.replicas"),
 }
 
@@ -820,8 +825,8 @@ def test_routes_point_at_the_serve_service(case):
     for service in by_kind(docs, "RayService"):
         built = serve_service(service, cluster_name=f"{service['metadata']['name']}-abcde")
         services[built["metadata"]["name"]] = built
-    backends = [(r["spec"]["rules"][0]["backendRefs"][0]["name"], r["spec"]["rules"][0]["backendRefs"][0]["port"])
-                for r in by_kind(docs, "HTTPRoute")]
+    backends = [(ref["name"], ref["port"]) for r in by_kind(docs, "HTTPRoute")
+                for ref in [r["spec"]["rules"][0]["backendRefs"][0]]]
     backends += [(b["name"], b["port"]["number"]) for i in by_kind(docs, "Ingress")
                  for b in [i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]]]
     for name, port in backends:
@@ -937,7 +942,8 @@ def ray_pod(docs: list[dict], group: str = "head") -> tuple[dict[str, str], dict
     template = spec["template"]
     labels = {**template["metadata"]["labels"], "ray.io/is-ray-node": "yes",
               "ray.io/node-type": "head" if group == "head" else "worker"}
-    ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    ports = {p["name"]: p["containerPort"]
+             for c in template["spec"]["containers"] for p in c.get("ports", [])}
     return labels, ports, template["spec"]
 
 
@@ -970,8 +976,8 @@ def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
     policies = by_kind(docs, "NetworkPolicy")
     labels, ports, _ = ray_pod(docs)
     assert admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
-    assert not admits(policies, labels, {k: v for k, v in ports.items() if k != "dash-metrics"}, "dash-metrics",
-                      PROMETHEUS)
+    undeclared = {k: v for k, v in ports.items() if k != "dash-metrics"}
+    assert not admits(policies, labels, undeclared, "dash-metrics", PROMETHEUS)
     assert not admits(policies, labels, ports, "dash-metrics", Peer(namespace="elsewhere"))
     for policy in policies:
         for rule in policy["spec"].get("ingress", []):
@@ -980,8 +986,10 @@ def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
     assert not admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
 
 
-@pytest.mark.parametrize("front_door", [["--set", "httpRoute.enabled=true"], ["--set", "ingress.enabled=true"],
-                                        ["--set", "loadBalancer.enabled=true"]], ids=["httpRoute", "ingress", "lb"])
+@pytest.mark.parametrize("front_door", [
+    ["--set", "httpRoute.enabled=true"], ["--set", "ingress.enabled=true"],
+    ["--set", "loadBalancer.enabled=true"],
+], ids=["httpRoute", "ingress", "lb"])
 def test_incremental_upgrade_refuses_front_doors_that_would_point_at_nothing(front_door):
     """With NewClusterWithIncrementalUpgrade KubeRay's BuildServeService names the serve Service after each
     RayCluster and ignores spec.serveService: <name>-serve-svc never exists."""
@@ -1012,7 +1020,8 @@ def notes(*args: str) -> str:
     (copy_dir / "templates" / "notes-preview.yaml").write_text(
         'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n'
         '    {{- include "classifier.notes" . | nindent 4 }}\n')
-    out = run_helm("template", RELEASE, str(copy_dir), "-n", "app", "-s", "templates/notes-preview.yaml", *args)
+    out = run_helm("template", RELEASE, str(copy_dir), "-n", "app", "-s", "templates/notes-preview.yaml",
+                   *args)
     shutil.rmtree(copy_dir.parent)
     return yaml.safe_load(out.stdout)["data"]["notes"]
 
@@ -1045,7 +1054,8 @@ def json_patch_replace(doc: dict, operations: list[dict]) -> dict:
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node[part]
         key = int(last) if isinstance(node, list) else last
-        assert key in (range(len(node)) if isinstance(node, list) else node), f"{operation['path']} does not exist"
+        exists = key in (range(len(node)) if isinstance(node, list) else node)
+        assert exists, f"{operation['path']} does not exist"
         node[key] = operation["value"]
     return doc
 
@@ -1067,15 +1077,17 @@ def test_scaling_runbook_changes_the_worker_bounds_where_kuberay_reads_them():
     assert (group["minReplicas"], group["maxReplicas"]) != (running["workerGroupSpecs"][0]["minReplicas"],
                                                            running["workerGroupSpecs"][0]["maxReplicas"])
     assert cluster_spec_hash(patched) == cluster_spec_hash(running)
-    upgraded = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"),
-                               *[a for k, v in helm_sets.items() for a in ("--set", f"{k}={v}")]), "RayService")
+    sets = [a for k, v in helm_sets.items() for a in ("--set", f"{k}={v}")]
+    upgraded = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), *sets), "RayService")
     assert cluster_spec_hash(upgraded["spec"]["rayClusterConfig"]) == cluster_spec_hash(running)  # no effect
-    new_image = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), "--set", "image.tag=0.2.0"), "RayService")
-    assert cluster_spec_hash(new_image["spec"]["rayClusterConfig"]) != cluster_spec_hash(running)  # an upgrade
+    new_image = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), "--set", "image.tag=0.2.0"),
+                    "RayService")["spec"]["rayClusterConfig"]
+    assert cluster_spec_hash(new_image) != cluster_spec_hash(running)  # this one is an upgrade
 
 
 OUTSIDE_CLIENT = Peer(ip="203.0.113.7")
-LOAD_BALANCER = ["--set", "loadBalancer.enabled=true", "--set", "loadBalancer.loadBalancerSourceRanges[0]=203.0.113.0/24",
+LOAD_BALANCER = ["--set", "loadBalancer.enabled=true",
+                 "--set", "loadBalancer.loadBalancerSourceRanges[0]=203.0.113.0/24",
                  "--set", "loadBalancer.annotations.lb\\.example/internal=true"]
 
 
