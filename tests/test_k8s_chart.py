@@ -781,7 +781,7 @@ def test_deployment_mode_is_the_seed_literally():
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["startupProbe"]["httpGet"]["path"] == "/ready"
-    assert "serve run" in " ".join(container["command"]) and "/app/serve_config.yaml" in " ".join(container["command"])
+    assert "serve run" in " ".join(container["command"]) and "${SERVE_CONFIG_FILE}" in " ".join(container["command"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RAY_AUTH_MODE"] == "token"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -801,7 +801,7 @@ def test_deployment_mode_is_the_seed_literally():
     service = next(s for s in by_kind(docs, "Service") if s["spec"].get("type") == "ClusterIP"
                    and s["spec"].get("clusterIP") != "None")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    assert one(docs, "ConfigMap") and one(docs, "Secret")
+    assert len(by_kind(docs, "ConfigMap")) == 2 and one(docs, "Secret")  # settings, Serve config
     without_hpa = one(render("deployment-all-on"), "Deployment")
     assert without_hpa["spec"]["replicas"] == 3
 
@@ -1174,7 +1174,7 @@ def test_settings_carry_the_serve_process_env_of_serve_env(case):
                   if line.strip() and not line.startswith("#"))
     assert wanted
     docs = render(case)
-    settings = one(docs, "ConfigMap")
+    [settings] = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-settings")]
     assert wanted.items() <= settings["data"].items()
     for _, spec in (s for d in docs for s in pod_specs(d)):
         for container in spec["containers"]:
@@ -1189,3 +1189,24 @@ def test_image_defaults_to_the_chart_app_version():
     assert "." in container["image"].split("/")[0] or container["image"].startswith("localhost/")
     digest = one(render("deployment-all-on"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert digest["image"] == "localhost/ray-serve-image-classifier@sha256:" + "ab" * 32
+
+
+def test_deployment_mode_runs_the_charts_serve_config_with_the_overrides():
+    """deploymentOverrides reach mode deployment too: the pods `serve run` the chart's ConfigMap (the
+    document a RayService gets as serveConfigV2), and a change to it rolls the pods."""
+    override = ("serveConfig.deploymentOverrides[0].name=ImageClassifier",
+                "serveConfig.deploymentOverrides[0].set.user_config.max_batch_size=4")
+    docs = render_with(*CASES["deployment"], *(a for o in override for a in ("--set", o)))
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "serve-config"]
+    [config_map] = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
+    assert env["SERVE_CONFIG_FILE"] == f"{mounts['serve-config']}/serve_config.yaml"
+    served = yaml.safe_load(config_map["data"]["serve_config.yaml"])
+    [model] = [d for d in served["applications"][0]["deployments"] if d["name"] == "ImageClassifier"]
+    assert model["user_config"]["max_batch_size"] == 4
+    plain = one(render("deployment"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/settings"] != plain["checksum/settings"]

@@ -66,7 +66,7 @@ def to_bytes(quantity: str) -> int:
 
 
 def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[str, Path],
-                 network: str) -> list[str]:
+                 network: str, config_dirs: dict[str, Path] | None = None) -> list[str]:
     """`docker run` flags equivalent to one pod's container (what the kubelet would set up)."""
     ctx = container["securityContext"]
     args = ["--user", f"{ctx['runAsUser']}:{ctx['runAsGroup']}", "--network", network]
@@ -87,6 +87,8 @@ def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[
                 args += ["--shm-size", str(size)]
             else:
                 args += ["--tmpfs", f"{mount['mountPath']}:rw,exec,mode=1777,size={size}"]
+        elif "configMap" in volume:
+            args += ["-v", f"{(config_dirs or {})[volume['configMap']['name']]}:{mount['mountPath']}:ro"]
         elif "secret" in volume:
             [item] = volume["secret"]["items"]
             args += ["-v", f"{secret_files[volume['secret']['secretName']]}:{mount['mountPath']}/{item['path']}:ro"]
@@ -127,8 +129,18 @@ def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_p
     token_file.write_text("t" * 48)
     os.chown(token_file, 0, pod["securityContext"]["fsGroup"])
     token_file.chmod(0o440)
-    args = pod_run_args(pod, container, one(docs, "ConfigMap")["data"],
-                        {secret["metadata"]["name"]: token_file}, network="none")
+    # The ConfigMaps as the kubelet projects them: the settings as env, the Serve config as files.
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    [settings] = [data for name, data in config_maps.items() if name.endswith("-settings")]
+    config_dirs = {}
+    for name, data in config_maps.items():
+        config_dirs[name] = tmp_path / name
+        config_dirs[name].mkdir()
+        for key, value in data.items():
+            (config_dirs[name] / key).write_text(value)
+        config_dirs[name].chmod(0o755)
+    args = pod_run_args(pod, container, settings, {secret["metadata"]["name"]: token_file}, network="none",
+                        config_dirs=config_dirs)
     name = f"k8s-deployment-pod-{os.getpid()}"
     docker("run", "-d", "--name", name, *args, "--entrypoint", container["command"][0], image,
            *container["command"][1:])

@@ -131,6 +131,11 @@ annotations:
 {{- include "classifier.suffixed" (list . "settings") -}}
 {{- end -}}
 
+{{/* The ConfigMap with the Serve config the pods run in mode=deployment. */}}
+{{- define "classifier.serveConfigName" -}}
+{{- include "classifier.suffixed" (list . "serve-config") -}}
+{{- end -}}
+
 {{/* The Secret holding the Ray auth token in mode=deployment. */}}
 {{- define "classifier.authSecretName" -}}
 {{- default (include "classifier.suffixed" (list . "ray-auth")) .Values.secret.existingSecret -}}
