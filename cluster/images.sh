@@ -28,10 +28,20 @@ imported_from() { ctr_node images ls "name==$(full_ref "$1")" 2>/dev/null | awk 
 
 ensure_docker() { bash scripts/image/dockerd.sh start >&2; }
 
+target_of() { ctr_node images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3 }'; }
+
 import_docker_image() {  # REF SOURCE-ID
-  local start; start=$(now)
+  local start ref old stale; start=$(now)
+  ref=$(full_ref "$1")
+  old=$(target_of "$ref")
   "$DOCKER" save "$1" | ctr_node images import - >/dev/null
-  ctr_node images label "$(full_ref "$1")" "classifier.source=$2" >/dev/null
+  ctr_node images label "$ref" "classifier.source=$2" >/dev/null
+  # The image this one replaces stays referenced by the runtime's own sha256:<id> name (the kubelet
+  # never garbage-collects here): drop those names so its layers are freed.
+  if [ -n "$old" ] && [ "$old" != "$(target_of "$ref")" ]; then
+    stale=$(ctr_node images ls 2>/dev/null | awk -v d="$old" 'NR > 1 && $3 == d && $1 ~ /^sha256:/ { print $1 }')
+    [ -z "$stale" ] || ctr_node images rm $stale >/dev/null
+  fi
   log "imported $1 in $(since "$start") s"
 }
 
@@ -53,6 +63,8 @@ binary_image() {
 app_image() {
   ensure_docker
   IMAGE=$APP_IMAGE IMAGE_PROFILE=offline bash scripts/image/build.sh >&2
+  # Earlier builds of the app image, untagged by this one, are only disk use (6 GB each).
+  "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=ray-serve-image-classifier" >/dev/null
   local id; id=$("$DOCKER" image inspect -f '{{.Id}}' "$APP_IMAGE" | cut -d: -f2 | cut -c1-32)
   if [ "$(imported_from "$APP_IMAGE")" = "$id" ]; then log "$APP_IMAGE already imported"; return 0; fi
   import_docker_image "$APP_IMAGE" "$id"

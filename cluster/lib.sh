@@ -98,6 +98,14 @@ wait_until() {
   done
 }
 
+# write_config PATH < content: replace PATH only when the content differs, so a second `make cluster`
+# leaves running daemons alone (kube-proxy exits when its configuration file is rewritten).
+write_config() {
+  local tmp; tmp=$(mktemp "$1.XXXXXX")
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 # Seconds since the epoch with a decimal, for the timings the scripts print.
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }

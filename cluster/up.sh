@@ -77,7 +77,7 @@ fi
 
 # --- containerd (its own instance: socket, state and config under .cluster) -----------------------
 mkdir -p "$STATE/cni/net.d" "$STATE/run/runc" "$CONTAINERD_ROOT"
-cat > "$ETC/containerd.toml" <<EOF
+write_config "$ETC/containerd.toml" <<EOF
 version = 2
 root = "$CONTAINERD_ROOT"
 state = "$STATE/run/containerd"
@@ -106,7 +106,7 @@ state = "$STATE/run/containerd"
     conf_dir = "$STATE/cni/net.d"
 EOF
 # One bridge, addresses from the node's pod range, no masquerading (there is nowhere to go).
-cat > "$STATE/cni/net.d/10-classifier.conflist" <<EOF
+write_config "$STATE/cni/net.d/10-classifier.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "classifier",
@@ -179,8 +179,8 @@ timing control-plane "$t"
 # --- node: kubelet and kube-proxy ------------------------------------------------------------------
 t=$(now)
 # No upstream resolvers: pods with dnsPolicy Default get none, cluster-first pods only CoreDNS.
-: > "$ETC/resolv.conf"
-cat > "$ETC/kubelet.yaml" <<EOF
+: | write_config "$ETC/resolv.conf"
+write_config "$ETC/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
@@ -207,7 +207,7 @@ EOF
 daemon_start kubelet "$BIN/kubelet" --config="$ETC/kubelet.yaml" --kubeconfig="$ETC/kubelet.conf" \
   --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --root-dir="$STATE/kubelet" \
   --cert-dir="$STATE/kubelet/pki" --v=1
-cat > "$ETC/kube-proxy.yaml" <<EOF
+write_config "$ETC/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $ETC/kube-proxy.conf}

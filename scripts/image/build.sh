@@ -34,7 +34,11 @@ esac
 [ -n "${WEIGHTS_SOURCE:-}" ] && args+=(--build-arg "WEIGHTS_SOURCE=$WEIGHTS_SOURCE")
 [ -n "${EXTRA_CA_CERTS:-}" ] && args+=(--build-arg "EXTRA_CA_CERTS=$EXTRA_CA_CERTS")
 [ -n "${CA_BUNDLE:-}" ] && args+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
-revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The last commit that changed what goes into the image (the build context, .dockerignore's allow-list):
+# the image, and its ID, stay the same across commits that change nothing in it.
+revision=$(git log -1 --format=%h -- Dockerfile pyproject.toml constraints.txt serve_config.yaml serve_app \
+  scripts/image/with-build-ca.sh scripts/image/base.sh 2>/dev/null || true)
+revision=${revision:-unknown}
 
 start=$(date +%s.%N)
 DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress "${BUILD_PROGRESS:-plain}" \

@@ -157,7 +157,7 @@ def diagnostics(namespaces: list[str] | None = None) -> str:
         out.append(kubectl("get", "rayservice,raycluster,deploy,rs,pod,svc,endpoints,hpa,pdb", "-n", ns,
                            "-o", "wide", check=False).stdout)
         for kind in ("rayservice", "raycluster"):
-            for obj in get(kind, namespace=ns) or [] if _exists(ns) else []:
+            for obj in (get(kind, namespace=ns) if _exists(ns) else []):
                 out.append(f"===== {kind}/{obj['metadata']['name']} status")
                 out.append(yaml.safe_dump(obj.get("status") or {}, sort_keys=False))
         for pod in (get("pods", namespace=ns) if _exists(ns) else []):
@@ -167,8 +167,15 @@ def diagnostics(namespaces: list[str] | None = None) -> str:
                 out.append(kubectl("describe", "pod", "-n", ns, pod["metadata"]["name"], check=False).stdout[-4000:])
                 out.append(kubectl("logs", "-n", ns, pod["metadata"]["name"], "--all-containers", "--tail=40",
                                    check=False).stdout)
-    out.append("===== KubeRay operator log (last 60 lines)")
-    out.append(kubectl("logs", "-n", KUBERAY_NAMESPACE, "deploy/kuberay-operator", "--tail=60", check=False).stdout)
+    namespaces = namespaces if namespaces is not None else USED_NAMESPACES
+    log = kubectl("logs", "-n", KUBERAY_NAMESPACE, "deploy/kuberay-operator", "--tail=2000", check=False).stdout
+    # Its steady-state lines repeat every 2 s: keep errors, warnings and what changed state.
+    relevant = [line for line in log.splitlines() if any(f'"{ns}"' in line for ns in namespaces)
+                and not any(quiet in line for quiet in ("skipping Update", "matches cached Serve config",
+                                                        "Reconciling the Serve applications",
+                                                        "Reconciling K8s services"))]
+    out.append("===== KubeRay operator log (this test's namespaces, last 40 relevant lines)")
+    out.extend(relevant[-40:])
     return "\n".join(out)
 
 
@@ -348,6 +355,8 @@ def gateway(backend: str, image: str) -> Iterator[int]:
     name = f"gw-{uuid.uuid4().hex[:5]}"
     if get("namespace", GATEWAY_NAMESPACE, missing_ok=True) is None:
         kubectl("create", "namespace", GATEWAY_NAMESPACE)
+    if GATEWAY_NAMESPACE not in USED_NAMESPACES:
+        USED_NAMESPACES.append(GATEWAY_NAMESPACE)
     labels = {"app.kubernetes.io/name": "test-gateway", "app.kubernetes.io/instance": name}
     security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
