@@ -10,8 +10,9 @@ tools:            ## non-Python tools used by the tests (helm, promtool, ...)
 run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 	set -a && . ./serve.env && set +a && .venv/bin/serve run serve_config.yaml
 
-test: setup tools ## the whole test suite against a real Ray Serve (cluster tests skip without a cluster)
+test: setup tools ## the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
 	.venv/bin/python -m pytest
+	bash scripts/test-cluster.sh
 
 cluster:          ## a real single-node Kubernetes + KubeRay operator here (kubeconfig: .cluster/kubeconfig)
 	bash cluster/install-deps.sh
@@ -23,5 +24,5 @@ cluster-down:     ## stop the cluster by pid and remove its state (logs stay in 
 cluster-clean: cluster-down ## also drop the cached binaries and the node's image store
 	bash cluster/clean.sh
 
-cluster-test: setup tools ## the tests on the real cluster (pytest -m cluster; needs make cluster)
+cluster-test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
 	.venv/bin/python -m pytest -m cluster

@@ -291,9 +291,10 @@ class Load:
         with requests.Session() as session:
             while not self._stop.is_set() and time.monotonic() < deadline and self.ok + self.failed < self.max_requests:
                 try:
-                    # A new connection per request: the Service picks a pod for every request.
-                    r = session.post(self.url, data=self.body, headers={"Content-Type": "image/png",
-                                     "Connection": "close"}, timeout=self.timeout_s)
+                    # Connections to 127.0.0.1 stay open (kubectl port-forward stalls after a few
+                    # thousand connections); the gateway opens one to the Service per request.
+                    r = session.post(self.url, data=self.body, headers={"Content-Type": "image/png"},
+                                     timeout=self.timeout_s)
                     good = r.status_code == 200 and bool(r.json().get("predictions"))
                     reason = f"HTTP {r.status_code}: {r.text[:120]}"
                 except (requests.RequestException, ValueError) as exc:

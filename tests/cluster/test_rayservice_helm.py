@@ -11,6 +11,7 @@ no request may fail.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import pytest
@@ -138,9 +139,39 @@ def wait_upgrade_done(ns: str, old_cluster: str, timeout_s: float = 1200) -> str
         new = active_cluster(ns, NAME)
         pending = (obj.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
         names = {c["metadata"]["name"] for c in get("raycluster", namespace=ns)}
+        # ... and its pods too, so the node has its CPU back for the next step.
+        pods = {p["metadata"]["labels"].get("ray.io/cluster") for p in get("pods", namespace=ns, selector="ray.io/cluster")}
         ready = condition(obj, "Ready").get("status") == "True"
-        return new if new and new != old_cluster and not pending and ready and names == {new} else None
+        return new if new and new != old_cluster and not pending and ready and names == pods == {new} else None
     return wait_for(done, timeout_s, f"the upgrade of {NAME} away from {old_cluster}", poll_s=5)
+
+
+class ServeEndpoints:
+    """Samples, every second, which Ray clusters the pods behind `<name>-serve-svc` belong to."""
+
+    def __init__(self, ns: str):
+        self.ns, self.seen, self._stop = ns, [], threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            slices = get("endpointslices", namespace=self.ns, selector=f"kubernetes.io/service-name={NAME}-serve-svc")
+            pods = {e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []
+                    if (e.get("conditions") or {}).get("ready")}
+            owner = {p["metadata"]["name"]: p["metadata"]["labels"].get("ray.io/cluster")
+                     for p in get("pods", namespace=self.ns, selector="ray.io/cluster")}
+            clusters = sorted({owner.get(p, "?") for p in pods})
+            if not self.seen or self.seen[-1] != clusters:
+                self.seen.append(clusters)
+            time.sleep(1)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
 
 
 def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path):
@@ -163,7 +194,8 @@ def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path)
         for step, helm_args, want_tag, want_batch in steps:
             before = active_cluster(dev, NAME)
             start = time.monotonic()
-            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load:
+            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load, \
+                    ServeEndpoints(dev) as endpoints:
                 time.sleep(10)  # steady traffic before the change ...
                 helm(*helm_args)
                 after = wait_upgrade_done(dev, before)
@@ -171,6 +203,9 @@ def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path)
             print(f"\n{step}: cluster {before} -> {after} in {time.monotonic() - start:.0f} s; {load.summary()}")
             assert load.failed == 0, load.summary()
             assert load.ok > 50, load.summary()
+            # The serve Service (and so a LoadBalancer, which is this Service) never spans two clusters.
+            assert endpoints.seen and all(len(c) <= 1 for c in endpoints.seen), endpoints.seen
+            assert [before] in endpoints.seen and [after] in endpoints.seen, endpoints.seen
             images = {c["image"] for p in get("pods", namespace=dev, selector=f"ray.io/cluster={after}")
                       for c in p["spec"]["containers"]}
             assert images == {f"{repo}:{want_tag}"}, images
