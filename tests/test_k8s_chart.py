@@ -595,7 +595,9 @@ def test_local_deployment_values_fit_one_2_cpu_node_through_a_rolling_update():
     docs = render("deployment-local")
     deployment = one(docs, "Deployment")
     hpa = one(docs, "HorizontalPodAutoscaler")
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 5)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 4)
+    # An idle pod uses ~100 % of its request here: a lower target would never scale back down.
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] > 100
     assert not by_kind(docs, "Ingress")
     assert not [s for s in by_kind(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
     spec = deployment["spec"]["template"]["spec"]
@@ -604,7 +606,7 @@ def test_local_deployment_values_fit_one_2_cpu_node_through_a_rolling_update():
     assert container["resources"]["requests"]["memory"] == "2560Mi"
     assert container["resources"]["limits"]["memory"] == "3584Mi"
     surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-    pods = hpa["spec"]["minReplicas"] + surge
+    pods = hpa["spec"]["maxReplicas"] + surge
     per_pod = pod_requests(spec)
     for resource in ("cpu", "memory"):
         assert SYSTEM[resource] + pods * per_pod[resource] <= NODE[resource], resource
@@ -666,8 +668,8 @@ BAD_VALUES = {
                          "ray.worker.minReplicas"),
     "hpa min > max": (["--set", "autoscaling.minReplicas=11"], "autoscaling.minReplicas"),
     "hpa min zero": (["--set", "autoscaling.minReplicas=0"], "autoscaling.minReplicas"),
-    "hpa target over 100": (["--set", "autoscaling.targetCPUUtilizationPercentage=150"],
-                            "targetCPUUtilizationPercentage"),
+    "hpa target zero": (["--set", "autoscaling.targetCPUUtilizationPercentage=0"],
+                        "targetCPUUtilizationPercentage"),
     "typo in a key": (["--set", "ray.worker.maxReplica=3"], "maxReplica"),
     "unknown upgrade strategy": (["--set", "ray.upgradeStrategy.type=InPlace"], "ray.upgradeStrategy.type"),
     "incremental upgrade without options": (

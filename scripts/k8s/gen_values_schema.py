@@ -65,7 +65,8 @@ def schema() -> dict:
     }, allOf=min_le_max("minReplicas", "maxReplicas"))
     autoscaling = obj({
         "enabled": BOOL, "minReplicas": POSITIVE, "maxReplicas": POSITIVE,
-        "targetCPUUtilizationPercentage": {"type": "integer", "minimum": 1, "maximum": 100},
+        # Of the pods' CPU request, so above 100 is valid (requests below what a pod uses idle).
+        "targetCPUUtilizationPercentage": {"type": "integer", "minimum": 1, "maximum": 1000},
         "behavior": MAP,
     }, allOf=min_le_max("minReplicas", "maxReplicas"))
     return {

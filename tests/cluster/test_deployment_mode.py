@@ -6,6 +6,7 @@ way an ingress controller sends it, and is counted per pod from each pod's own m
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 
@@ -131,7 +132,8 @@ def test_a_pod_that_is_not_ready_gets_no_traffic(app, cat_png):
     with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
         wait_http_ok(f"http://127.0.0.1:{port}/ready")
         victim = ready_pods(app)[0]
-        stop = ("for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
+        stop = ("for d in /proc/[0-9]*; do [ \"${{d#/proc/}}\" = $$ ] && continue; "
+                "case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
                 "*ServeReplica:classifier:ImageClassifier*) kill -s {sig} ${{d#/proc/}};; esac; done")
         with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=240, timeout_s=60) as load:
             time.sleep(5)
@@ -154,6 +156,20 @@ def test_a_pod_that_is_not_ready_gets_no_traffic(app, cat_png):
     assert sum(others_later.values()) > sum(others_at.values()), "the load stopped altogether"
 
 
+def model_user_config(ns: str) -> dict:
+    """The model's user_config as a pod's own Serve reports it (its dashboard listens on the pod's
+    loopback, which a port-forward reaches; the token is the chart's Secret)."""
+    pod = ready_pods(ns)[0]
+    [secret] = [s for s in get("secrets", namespace=ns) if "auth_token" in s.get("data", {})]
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    with port_forward(ns, f"pod/{pod}", 8265) as port:
+        r = requests.get(f"http://127.0.0.1:{port}/api/serve/applications/",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    deployments = r.json()["applications"]["classifier"]["deployments"]
+    return deployments["ImageClassifier"]["deployment_config"]["user_config"]
+
+
 def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path):
     """A new image tag and a changed user_config roll the Deployment (maxSurge 1, maxUnavailable 0);
     `helm rollback` rolls it back. Pods that are not ready yet take no traffic meanwhile."""
@@ -162,14 +178,15 @@ def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path)
     new_tag = "0.1.1"
     tag_image(image, f"{repo}:{new_tag}")
     v11 = tmp_path / "v1.1.yaml"
-    v11.write_text(yaml.safe_dump({"image": {"tag": new_tag}, "extraEnv": [
-        {"name": "CLASSIFIER_RELEASE", "value": "1.1"}]}))
+    v11.write_text(yaml.safe_dump({"image": {"tag": new_tag}, "serveConfig": {"deploymentOverrides": [
+        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}]}}))
+    assert model_user_config(app)["max_batch_size"] == 8
     steps = [("upgrade 1.0 -> 1.1", ("upgrade", RELEASE, str(CHART), "-n", app, "-f", str(REPO / VALUES[0]),
-                                     "-f", str(v11)), new_tag),
-             ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", app), old_tag)]
+                                     "-f", str(v11)), new_tag, 4),
+             ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", app), old_tag, 8)]
     with gateway(f"{NAME}.{app}.svc.cluster.local:8000", image) as port:
         wait_http_ok(f"http://127.0.0.1:{port}/ready")
-        for step, helm_args, want_tag in steps:
+        for step, helm_args, want_tag, want_batch in steps:
             start = time.monotonic()
             unready_traffic: dict[str, float] = {}
             watching = threading.Event()
@@ -200,6 +217,7 @@ def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path)
             assert load.ok > 50, load.summary()
             assert images == {f"{repo}:{want_tag}"}, images
             assert unready_traffic and not any(unready_traffic.values()), unready_traffic
+            assert model_user_config(app)["max_batch_size"] == want_batch
 
 
 def test_a_cat_photo_classifies_through_the_service(app, cat_png):

@@ -158,7 +158,8 @@ def test_worker_bounds_reach_a_running_cluster_only_through_the_runbooks_patch(o
 
 def test_a_crashed_ray_container_gets_a_new_pod_not_a_restart(ops):
     victim = workers(ops, ready=True)[0]["metadata"]["name"]
-    kill = ("for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
+    kill = ("for d in /proc/[0-9]*; do [ \"${d#/proc/}\" = $$ ] && continue; "
+                "case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
             "*'ray start'*) kill -9 ${d#/proc/};; esac; done")
     kubectl("exec", "-n", ops, victim, "-c", "ray-worker", "--", "/bin/sh", "-c", kill, check=False)
     wait_for(lambda: victim not in {p["metadata"]["name"] for p in workers(ops)}, 120, f"KubeRay to replace {victim}")
