@@ -1,4 +1,4 @@
-"""Smoke test of an installed release on a real Kubernetes cluster (pytest -m cluster).
+"""Smoke test of an installed release on your own Kubernetes cluster (pytest -m smoke).
 
 Skipped, with the reason, when no kubeconfig answers. Otherwise, with the official `kubernetes` client:
 the RayService is Ready (or, in deployment mode, the Deployment is Available); the objects that
@@ -31,7 +31,7 @@ RELEASE = os.environ.get("RELEASE", "ray-serve-image-classifier")
 VALUES = [v for v in os.environ.get("VALUES", "helm-values/app-dev.yaml").split(",") if v]
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "900"))
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.smoke
 
 
 @pytest.fixture(scope="module")

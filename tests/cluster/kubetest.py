@@ -130,8 +130,10 @@ def create_namespace(prefix: str, pss: str | None = "restricted") -> str:
 
 
 def delete_namespace(name: str, timeout_s: float = 300) -> None:
-    """Delete and wait until it is gone, so the next test has the node's CPU and memory back."""
+    """Delete and wait until it is gone, so the next test has the node's CPU and memory back. The
+    test is over: its pods go at once (a Ray worker's graceful drain alone takes a minute)."""
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false", check=False)
     wait_for(lambda: get("namespace", name, missing_ok=True) is None, timeout_s, f"namespace {name} deleted")
     with contextlib.suppress(ValueError):
         USED_NAMESPACES.remove(name)

@@ -11,6 +11,7 @@ no request may fail.
 from __future__ import annotations
 
 import base64
+import sys
 import threading
 import time
 
@@ -37,6 +38,7 @@ from kubetest import (
     port_forward,
     rayservice,
     render,
+    run,
     tag_image,
     wait_for,
     wait_http_ok,
@@ -114,6 +116,17 @@ def test_rendered_objects_exist_as_rendered(dev):
 def test_a_cat_photo_and_tritonclient_classify_through_the_serve_service(dev, cat_png):
     with port_forward(dev, f"svc/{NAME}-serve-svc", 8000) as port:
         print(f"\n{NAME}-serve-svc: {classify_cat(port, cat_png)}")
+
+
+def test_the_users_smoke_test_passes_against_this_release(dev):
+    """tests/test_cluster_smoke.py is what docs/SETUP.md gives users for their own cluster: it must
+    pass, with nothing skipped, against this real install."""
+    proc = run(sys.executable, "-m", "pytest", "-m", "smoke", "-p", "no:cacheprovider", "-q",
+               str(REPO / "tests" / "test_cluster_smoke.py"), check=False, timeout=900,
+               env={"APP_NAMESPACE": dev, "RELEASE": RELEASE, "VALUES": ",".join(VALUES), "READY_TIMEOUT_S": "300"})
+    tail = proc.stdout[-3000:]
+    assert proc.returncode == 0, tail
+    assert "skipped" not in tail and " passed" in tail, tail
 
 
 def serve_applications(ns: str) -> dict:
