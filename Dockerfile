@@ -87,10 +87,10 @@ COPY --from=builder /home/ray/.cache/torch /home/ray/.cache/torch
 # Login shells (KubeRay runs `bash -lc`) may reset PATH: the profile.d snippet restores the venv.
 # The weights stay root-owned (read-only for the app); ~/.cache itself belongs to the ray user.
 ARG EXTRA_CA_CERTS=""
-# SC2016: the profile.d line must keep $PATH unexpanded, to be expanded when a login shell reads it.
-# hadolint ignore=SC2016
 # KubeRay 1.6 probes Ray worker pods with `bash -c "wget ... | grep success"`: without wget a worker
 # never turns ready and the RayService never serves, so a base image lacking either fails here.
+# SC2016: the profile.d line must keep $PATH unexpanded, to be expanded when a login shell reads it.
+# hadolint ignore=SC2016
 RUN command -v bash >/dev/null && command -v wget >/dev/null \
  && if [ -n "$EXTRA_CA_CERTS" ]; then \
       mkdir -p /usr/local/share/ca-certificates \
