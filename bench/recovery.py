@@ -240,13 +240,14 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
 
             t_replaced = serve.wait(replaced, 60, "a replacement replica RUNNING")
             t_healthy = serve.wait(lambda: serve.settled(replicas1, new_user_config), 60, "HEALTHY again")
+            running_after = sorted(r["replica_id"] for r in serve.running_replicas())
             time.sleep(2)
             window = load.window(t4, time.monotonic())
             with load._lock:
                 first_ok = next((t for t, ok, _ in load.outcomes if ok and t > t4), None)
             figures["kill"] = {
                 **window,
-                "replica": victim["replica_id"], "pid": victim["pid"],
+                "replica": victim["replica_id"], "pid": victim["pid"], "running_after": running_after,
                 "recovery_s": round(t_replaced - t4, 2),
                 "healthy_s": round(t_healthy - t4, 2),
                 "first_success_after_kill_s": None if first_ok is None else round(first_ok - t4, 3),

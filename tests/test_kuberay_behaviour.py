@@ -51,14 +51,15 @@ def test_replica_count_change_drops_nothing(figures):
     assert phase["failed"] == 0, phase["failures"]
 
 
-def test_killed_replica_is_replaced_within_target(figures):
+def test_killed_replica_is_replaced(figures):
     phase = figures["kill"]
     print(f"\nreplica kill: recovery {phase['recovery_s']} s (target < {RECOVERY_TARGET_S} s), "
           f"{phase['failed']} of {phase['requests']} requests failed")
     # The 30 s target is a benchmark figure (printed above, and by `python -m bench.recovery`), not a
     # timed assertion: on a busy 2-core CI machine the same replacement took 39 s. What must hold is
-    # the behaviour: a new replica replaced the killed one (bench.recovery waits at most 60 s for it).
-    assert phase["recovery_s"] is not None and phase["healthy_s"] >= phase["recovery_s"]
+    # the behaviour: a new replica took the killed one's place (bench.recovery waits at most 60 s).
+    assert phase["replica"] not in phase["running_after"], phase
+    assert len(phase["running_after"]) == figures["scale"]["to"], phase
     # Traffic goes on through the surviving replicas: successes follow the kill at once.
     assert phase["first_success_after_kill_s"] is not None and phase["first_success_after_kill_s"] < 5
     # Only requests in flight on the killed replica can fail: at most its max_ongoing_requests.
