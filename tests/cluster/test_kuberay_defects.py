@@ -55,9 +55,29 @@ def workers(ns: str, ready: bool | None = None) -> list[dict]:
     return pods
 
 
+def started(pod: dict) -> bool:
+    """Every container running. A new worker is not Ready until Serve places a replica on it (KubeRay's
+    worker probe asks the node's Serve proxy, which runs only beside replicas), so a replacement worker
+    may stay unready while the replicas it lost run elsewhere: "replaced" means started."""
+    statuses = pod["status"].get("containerStatuses") or []
+    return bool(statuses) and all("running" in c.get("state", {}) for c in statuses)
+
+
 def head(ns: str) -> dict:
     [pod] = get("pods", namespace=ns, selector="ray.io/node-type=head")
     return pod
+
+
+def evict(ns: str, pod: str) -> tuple[str, str]:
+    """POST an Eviction; returns ("Created", output) or the API's reason ("TooManyRequests": the budget
+    refused) with kubectl's message. kubectl prints a refused request as `Error from server (Reason): …`."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}}
+    proc = kubectl("create", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction", "-f", "-",
+                   input=json.dumps(body), check=False)
+    if proc.returncode == 0:
+        return "Created", proc.stdout
+    reason = re.search(r"Error from server \((\w+)\)", proc.stderr)
+    return (reason.group(1) if reason else "unknown"), proc.stderr
 
 
 # --- one RayService with the autoscaler (v2), two workers, the worker PDB and a LoadBalancer -------------
@@ -65,7 +85,7 @@ OPERATIONS_SETS = ("ray.autoscaler.enabled=true", "ray.worker.replicas=2", "ray.
                    "ray.worker.maxReplicas=2", "podDisruptionBudget.enabled=true", "loadBalancer.enabled=true")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def ops(cluster):  # noqa: F811
     ns = create_namespace("ops")
     try:
@@ -77,101 +97,98 @@ def ops(cluster):  # noqa: F811
         delete_namespace(ns)
 
 
-def test_head_declares_and_serves_every_port_the_head_podmonitor_scrapes(ops):
-    monitor = yaml.safe_load((REPO / "monitoring" / "podmonitor-ray-head.yaml").read_text())
-    names = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
-    pod = head(ops)
-    declared = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-    assert set(names) <= set(declared), f"PodMonitor ports {names}, head declares {sorted(declared)}"
-    for name in names:
-        def scraped(port=declared[name]):
-            proc = kubectl("get", "--raw", f"/api/v1/namespaces/{ops}/pods/{pod['metadata']['name']}:{port}/proxy/metrics",
-                           check=False)
-            return proc.returncode == 0 and "# TYPE" in proc.stdout
-        wait_for(scraped, 120, f"metrics on the head's {name} port ({declared[name]})", poll_s=5)
+class TestOneRayServiceWithTwoWorkers:
+    """One RayService shared by these tests; its namespace (head + two workers: most of this node) is
+    deleted after the last of them, before the module's other RayServices need the room."""
+
+    def test_head_declares_and_serves_every_port_the_head_podmonitor_scrapes(self, ops):
+        monitor = yaml.safe_load((REPO / "monitoring" / "podmonitor-ray-head.yaml").read_text())
+        names = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
+        pod = head(ops)
+        declared = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert set(names) <= set(declared), f"PodMonitor ports {names}, head declares {sorted(declared)}"
+        for name in names:
+            def scraped(port=declared[name]):
+                proc = kubectl("get", "--raw", f"/api/v1/namespaces/{ops}/pods/{pod['metadata']['name']}:{port}/proxy/metrics",
+                               check=False)
+                return proc.returncode == 0 and "# TYPE" in proc.stdout
+            wait_for(scraped, 120, f"metrics on the head's {name} port ({declared[name]})", poll_s=5)
 
 
-def test_autoscaler_v2_ray_pods_never_restart(ops):
-    pods = [head(ops)] + workers(ops)
-    assert {p["spec"]["restartPolicy"] for p in pods} == {"Never"}, [(p["metadata"]["name"], p["spec"]["restartPolicy"])
-                                                                    for p in pods]
+    def test_autoscaler_v2_ray_pods_never_restart(self, ops):
+        pods = [head(ops)] + workers(ops)
+        assert {p["spec"]["restartPolicy"] for p in pods} == {"Never"}, [(p["metadata"]["name"], p["spec"]["restartPolicy"])
+                                                                        for p in pods]
 
 
-def test_load_balancer_is_kuberays_serve_service_on_the_serving_cluster_only(ops):
-    svc = get("service", f"{NAME}-serve-svc", ops)
-    assert svc["spec"]["type"] == "LoadBalancer", svc["spec"]
-    assert svc["spec"]["selector"] == {"ray.io/cluster": active_cluster(ops, NAME), "ray.io/serve": "true"}
-    assert get("service", f"{NAME}-lb", ops, missing_ok=True) is None
-    slices = get("endpointslices", namespace=ops, selector=f"kubernetes.io/service-name={NAME}-serve-svc")
-    pods = {e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []}
-    assert pods == {p["metadata"]["name"] for p in workers(ops, ready=True)}, pods
+    def test_load_balancer_is_kuberays_serve_service_on_the_serving_cluster_only(self, ops):
+        svc = get("service", f"{NAME}-serve-svc", ops)
+        assert svc["spec"]["type"] == "LoadBalancer", svc["spec"]
+        assert svc["spec"]["selector"] == {"ray.io/cluster": active_cluster(ops, NAME), "ray.io/serve": "true"}
+        assert get("service", f"{NAME}-lb", ops, missing_ok=True) is None
+        slices = get("endpointslices", namespace=ops, selector=f"kubernetes.io/service-name={NAME}-serve-svc")
+        pods = {e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []}
+        assert pods == {p["metadata"]["name"] for p in workers(ops, ready=True)}, pods
 
 
-def evict(ns: str, pod: str) -> tuple[int, str]:
-    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}}
-    proc = kubectl("create", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction", "-f", "-",
-                   input=json.dumps(body), check=False)
-    if proc.returncode == 0:
-        return 201, proc.stdout
-    code = re.search(r'"code":\s*(\d+)', proc.stdout + proc.stderr)
-    return int(code.group(1)) if code else -1, proc.stderr
+    def test_worker_pdb_lets_a_drain_take_one_worker_at_a_time(self, ops):
+        [pdb] = get("pdb", namespace=ops)
+        pdb = wait_for(lambda: (p := get("pdb", pdb["metadata"]["name"], ops))["status"].get("disruptionsAllowed") == 1 and p,
+                       120, "the worker PDB to allow one disruption")
+        assert condition(pdb, "DisruptionAllowed").get("status") == "True", pdb["status"]
+        first, second = [p["metadata"]["name"] for p in workers(ops, ready=True)]
+        outcome, out = evict(ops, first)
+        assert outcome == "Created", out
+        outcome, out = evict(ops, second)
+        assert outcome == "TooManyRequests", f"a second eviction must wait for the budget: {outcome} {out}"
+        wait_for(lambda: first not in {p["metadata"]["name"] for p in workers(ops)}
+                 and len([p for p in workers(ops) if started(p)]) == 2, 600, "KubeRay to replace the evicted worker")
 
 
-def test_worker_pdb_lets_a_drain_take_one_worker_at_a_time(ops):
-    [pdb] = get("pdb", namespace=ops)
-    pdb = wait_for(lambda: (p := get("pdb", pdb["metadata"]["name"], ops))["status"].get("disruptionsAllowed") == 1 and p,
-                   120, "the worker PDB to allow one disruption")
-    assert condition(pdb, "DisruptionAllowed").get("status") == "True", pdb["status"]
-    first, second = [p["metadata"]["name"] for p in workers(ops, ready=True)]
-    code, out = evict(ops, first)
-    assert code == 201, out
-    code, out = evict(ops, second)
-    assert code == 429, f"a second eviction must wait for the budget: {code} {out}"
-    wait_for(lambda: len(workers(ops, ready=True)) == 2 and first not in {p["metadata"]["name"] for p in workers(ops)},
-             600, "KubeRay to replace the evicted worker")
+    def test_worker_bounds_reach_a_running_cluster_only_through_the_runbooks_patch(self, ops):
+        cluster_name = active_cluster(ops, NAME)
+        group = lambda: get("raycluster", cluster_name, ops)["spec"]["workerGroupSpecs"][0]  # noqa: E731
+        assert (group()["minReplicas"], group()["maxReplicas"]) == (2, 2)
+        helm("upgrade", RELEASE, str(REPO / "kuberay" / "chart"), "-n", ops, "--reuse-values",
+             "--set", "ray.worker.maxReplicas=3")
+        time.sleep(45)
+        status = rayservice(ops, NAME)["status"]
+        assert not status.get("pendingServiceStatus", {}).get("rayClusterName"), status
+        assert active_cluster(ops, NAME) == cluster_name
+        assert group()["maxReplicas"] == 2, "helm upgrade alone reached the running cluster (the runbook says it does not)"
+        # docs/OPERATIONS.md's patch, with this cluster's bounds.
+        runbook = (REPO / "docs" / "OPERATIONS.md").read_text().split("**Changing the worker bounds of a running RayService**", 1)[1]
+        operations = json.loads(re.search(r"-p='(\[.*?\])'", runbook, re.DOTALL).group(1))
+        wanted = {"/spec/workerGroupSpecs/0/minReplicas": 2, "/spec/workerGroupSpecs/0/maxReplicas": 3}
+        assert {op["path"] for op in operations} == set(wanted)
+        for op in operations:
+            op["value"] = wanted[op["path"]]
+        kubectl("patch", "raycluster", cluster_name, "-n", ops, "--type=json", "-p", json.dumps(operations))
+        time.sleep(30)
+        assert (group()["minReplicas"], group()["maxReplicas"]) == (2, 3), group()
+        assert active_cluster(ops, NAME) == cluster_name
+        assert not rayservice(ops, NAME)["status"].get("pendingServiceStatus", {}).get("rayClusterName")
 
 
-def test_worker_bounds_reach_a_running_cluster_only_through_the_runbooks_patch(ops):
-    cluster_name = active_cluster(ops, NAME)
-    group = lambda: get("raycluster", cluster_name, ops)["spec"]["workerGroupSpecs"][0]  # noqa: E731
-    assert (group()["minReplicas"], group()["maxReplicas"]) == (2, 2)
-    helm("upgrade", RELEASE, str(REPO / "kuberay" / "chart"), "-n", ops, "--reuse-values",
-         "--set", "ray.worker.maxReplicas=3")
-    time.sleep(45)
-    status = rayservice(ops, NAME)["status"]
-    assert not status.get("pendingServiceStatus", {}).get("rayClusterName"), status
-    assert active_cluster(ops, NAME) == cluster_name
-    assert group()["maxReplicas"] == 2, "helm upgrade alone reached the running cluster (the runbook says it does not)"
-    # docs/OPERATIONS.md's patch, with this cluster's bounds.
-    runbook = (REPO / "docs" / "OPERATIONS.md").read_text().split("**Changing the worker bounds of a running RayService**", 1)[1]
-    operations = json.loads(re.search(r"-p='(\[.*?\])'", runbook, re.DOTALL).group(1))
-    wanted = {"/spec/workerGroupSpecs/0/minReplicas": 2, "/spec/workerGroupSpecs/0/maxReplicas": 3}
-    assert {op["path"] for op in operations} == set(wanted)
-    for op in operations:
-        op["value"] = wanted[op["path"]]
-    kubectl("patch", "raycluster", cluster_name, "-n", ops, "--type=json", "-p", json.dumps(operations))
-    time.sleep(30)
-    assert (group()["minReplicas"], group()["maxReplicas"]) == (2, 3), group()
-    assert active_cluster(ops, NAME) == cluster_name
-    assert not rayservice(ops, NAME)["status"].get("pendingServiceStatus", {}).get("rayClusterName")
-
-
-def test_a_crashed_ray_container_gets_a_new_pod_not_a_restart(ops):
-    victim = workers(ops, ready=True)[0]["metadata"]["name"]
-    kill = ("for d in /proc/[0-9]*; do [ \"${d#/proc/}\" = $$ ] && continue; "
-                "case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
-            "*'ray start'*) kill -9 ${d#/proc/};; esac; done")
-    kubectl("exec", "-n", ops, victim, "-c", "ray-worker", "--", "/bin/sh", "-c", kill, check=False)
-    wait_for(lambda: victim not in {p["metadata"]["name"] for p in workers(ops)}, 120, f"KubeRay to replace {victim}")
-    cluster_name = active_cluster(ops, NAME)
-    events = [e for e in get("events", namespace=ops) if e["involvedObject"].get("name") == cluster_name
-              and e["reason"] == "DeletedWorkerPod" and victim in e["message"]]
-    assert events, "no DeletedWorkerPod event for the crashed worker"
-    wait_for(lambda: len(workers(ops, ready=True)) == 2, 600, "two ready workers again")
-    restarts = {p["metadata"]["name"]: [s["restartCount"] for s in p["status"]["containerStatuses"]]
-                for p in workers(ops) + [head(ops)]}
-    assert all(n == 0 for counts in restarts.values() for n in counts), restarts
-    print(f"\n{victim} replaced: {events[0]['message'][:200]}; restart counts {restarts}")
+    def test_a_crashed_ray_container_gets_a_new_pod_not_a_restart(self, ops):
+        victim = [p for p in workers(ops) if started(p)][0]["metadata"]["name"]
+        # A crash of the node's raylet: `ray start --block` (the container's process) sees a Ray process
+        # die and exits 1. Killing `ray start` itself does nothing: as PID 1 of its container it ignores
+        # SIGKILL sent from inside.
+        kill = ("for d in /proc/[0-9]*; do [ \"${d#/proc/}\" = $$ ] && continue; "
+                    "case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in "
+                "*/raylet/raylet\\ *) kill -9 ${d#/proc/};; esac; done")
+        kubectl("exec", "-n", ops, victim, "-c", "ray-worker", "--", "/bin/sh", "-c", kill, check=False)
+        wait_for(lambda: victim not in {p["metadata"]["name"] for p in workers(ops)}, 120, f"KubeRay to replace {victim}")
+        cluster_name = active_cluster(ops, NAME)
+        events = [e for e in get("events", namespace=ops) if e["involvedObject"].get("name") == cluster_name
+                  and e["reason"] == "DeletedWorkerPod" and victim in e["message"]]
+        assert events, "no DeletedWorkerPod event for the crashed worker"
+        wait_for(lambda: len([p for p in workers(ops) if started(p)]) == 2, 600, "two running workers again")
+        restarts = {p["metadata"]["name"]: [s["restartCount"] for s in p["status"]["containerStatuses"]]
+                    for p in workers(ops) + [head(ops)]}
+        assert all(n == 0 for counts in restarts.values() for n in counts), restarts
+        print(f"\n{victim} replaced: {events[0]['message'][:200]}; restart counts {restarts}")
 
 
 # --- incremental upgrades ------------------------------------------------------------------------------------
