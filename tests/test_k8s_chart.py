@@ -1043,6 +1043,23 @@ def test_notes_name_services_that_will_exist(case):
     assert named and set(named) <= services, (named, services)
 
 
+@pytest.mark.parametrize("case", ["default", "dev", "prod", "deployment", "rayservice-all-on"])
+def test_notes_print_the_gcs_ft_uninstall_order_only_when_gcs_ft_is_on(case):
+    """With GCS FT the RayService must go before the release (its Redis cleanup Job needs the release's
+    ServiceAccount): NOTES name this release's RayService and the label KubeRay puts on its clusters."""
+    docs = render(case)
+    text = notes(*CASES[case])
+    services = by_kind(docs, "RayService")
+    gcs_ft = bool(services) and "gcsFaultToleranceOptions" in services[0]["spec"]["rayClusterConfig"]
+    assert ("Uninstall (GCS fault tolerance is on)" in text) == gcs_ft, text
+    if gcs_ft:
+        name = services[0]["metadata"]["name"]
+        block = text.split("Uninstall (GCS fault tolerance is on)", 1)[1]
+        assert f"delete rayservice {name}\n" in block
+        assert f"-l ray.io/originated-from-cr-name={name} " in block
+        assert block.index("delete rayservice") < block.index("wait --for=delete") < block.index(f"uninstall {RELEASE}")
+
+
 OPERATIONS = REPO / "docs" / "OPERATIONS.md"
 
 

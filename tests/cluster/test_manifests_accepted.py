@@ -9,6 +9,8 @@ creates is admitted, even where this one 2-CPU node cannot schedule them all.
 from __future__ import annotations
 
 import json
+import shlex
+import time
 
 import pytest
 from kubetest import (
@@ -16,6 +18,7 @@ from kubetest import (
     chart_default_image,
     cluster,  # noqa: F401 - fixture
     get,
+    helm,
     helm_install,
     kuberay_events,
     kubectl,
@@ -70,7 +73,8 @@ def test_every_shipped_values_file_is_reconciled_and_admitted(cluster, values): 
     with namespace(f"values-{values.removeprefix('app-').removesuffix('.yaml')}") as ns:
         if values == "app-prod.yaml":  # the Redis password the GCS fault tolerance options name
             kubectl("create", "secret", "generic", "ray-gcs-redis", "-n", ns, "--from-literal=password=test")
-        helm_install(RELEASE, ns, f"helm-values/{values}", sets=(f"image.repository={repo}", f"image.tag={tag}"))
+        installed = helm_install(RELEASE, ns, f"helm-values/{values}",
+                                 sets=(f"image.repository={repo}", f"image.tag={tag}"))
         if mode == "rayservice":
             def cluster_created():
                 events = kuberay_events(ns, NAME)
@@ -97,3 +101,37 @@ def test_every_shipped_values_file_is_reconciled_and_admitted(cluster, values): 
                    if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")]
         assert not refused, refused
         print(f"\n{values}: {len(pods)} pod(s) admitted: {[p['metadata']['name'] for p in pods]}")
+        if values == "app-prod.yaml":
+            uninstall_with_gcs_fault_tolerance(ns, raycluster["metadata"]["name"], installed.stdout)
+
+
+def uninstall_with_gcs_fault_tolerance(ns: str, raycluster: str, notes: str) -> None:
+    """The uninstall NOTES.txt prints with GCS FT on, run as printed: the RayService first, then wait for
+    its Ray clusters, then the release. KubeRay stops the pods and runs its Redis cleanup Job while the
+    release's ServiceAccount still exists (here the Job fails, as no Redis runs) and then drops the
+    finalizer. `helm uninstall` first deletes that ServiceAccount, and the Job's pod is refused."""
+    block = notes.split("Uninstall (GCS fault tolerance is on)", 1)[1]
+    commands = [shlex.split(line) for line in block.splitlines() if line.strip().startswith(("kubectl ", "helm "))]
+    assert [c[:4] for c in commands] == [["kubectl", "-n", ns, "delete"], ["kubectl", "-n", ns, "wait"],
+                                         ["helm", "-n", ns, "uninstall"]], commands
+    started = time.monotonic()
+    kubectl(*commands[0][1:], timeout=300)
+    kubectl(*commands[1][1:], timeout=660)
+    cleaned = time.monotonic() - started
+    job = f"{raycluster}-redis-cleanup"
+    events = get("events", namespace=ns)
+    assert any(e["reason"] == "CreatedRedisCleanupJob" and e["involvedObject"]["name"] == raycluster for e in events)
+    ran = [e for e in events if e["involvedObject"]["name"].startswith(f"{job}-") and e["reason"] == "Started"]
+    refused = [e["message"] for e in events if e["involvedObject"]["name"] == job and e["reason"] == "FailedCreate"]
+    assert ran and not refused, (ran, refused)
+    # The Job failed by itself (its pod exited 1: no Redis), not at its 300 s deadline, and KubeRay
+    # dropped the finalizer for that, not by its timeout.
+    assert any(e["involvedObject"]["name"] == job and e["reason"] == "BackoffLimitExceeded" for e in events), \
+        [(e["involvedObject"]["name"], e["reason"]) for e in events]
+    forced = [e["message"] for e in events if e["reason"] == "ForceDeletedStuckCluster"]
+    assert not forced, forced
+    helm(*commands[2][1:])
+    assert get("rayservice", namespace=ns) == [] and get("serviceaccounts", namespace=ns,
+                                                         selector="app.kubernetes.io/instance=" + RELEASE) == []
+    print(f"GCS FT uninstall as NOTES.txt prints it: Ray cluster and its Redis cleanup Job ({job}: ran, "
+          f"failed without Redis) gone in {cleaned:.0f} s")

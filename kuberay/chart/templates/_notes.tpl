@@ -29,6 +29,16 @@ Then predict a picture:
   kubectl -n {{ $ns }} port-forward svc/{{ include "classifier.serveServiceName" . }} 8000:serve
 {{- end }}
   curl -F file=@cat.png http://127.0.0.1:8000/predict
+{{- if and (eq .Values.mode "rayservice") .Values.ray.gcsFaultTolerance.enabled }}
+{{- $name := include "classifier.rayServiceName" . }}
+
+Uninstall (GCS fault tolerance is on): delete the RayService first and wait for its Ray clusters, so that
+KubeRay's Redis cleanup Job runs while this release's ServiceAccount and NetworkPolicies still exist;
+then the release:
+  kubectl -n {{ $ns }} delete rayservice {{ $name }}
+  kubectl -n {{ $ns }} wait --for=delete raycluster -l ray.io/originated-from-cr-name={{ $name }} --timeout=10m
+  helm -n {{ $ns }} uninstall {{ .Release.Name }}
+{{- end }}
 
 Docs: docs/SETUP.md, docs/OPERATIONS.md, docs/TROUBLESHOOTING.md.
 {{- end -}}
