@@ -26,7 +26,14 @@ full_ref() {
 imported_from() { ctr_node images ls "name==$(full_ref "$1")" 2>/dev/null | awk 'NR > 1 { print $NF }' | tr ',' '\n' \
   | sed -n 's/^classifier.source=//p'; }
 
-ensure_docker() { bash scripts/image/dockerd.sh start >&2; }
+# A Docker daemon this script starts, it stops when it is done (by the pid dockerd.sh recorded); one
+# that was already running stays.
+ensure_docker() {
+  local out
+  out=$(bash scripts/image/dockerd.sh start) || { echo "$out" >&2; return 1; }
+  echo "$out" >&2
+  case $out in *started*) trap 'bash scripts/image/dockerd.sh stop >&2' EXIT ;; esac
+}
 
 target_of() { ctr_node images ls "name==$1" 2>/dev/null | awk 'NR > 1 { print $3 }'; }
 

@@ -56,14 +56,16 @@ def image(test_ca):
     env = {**os.environ, "IMAGE_PROFILE": "offline", "IMAGE": IMAGE, "EXTRA_CA_CERTS": test_ca,
            "BUILD_PROGRESS": "plain"}
     begin = time.monotonic()
-    build = subprocess.run(["bash", str(REPO / "scripts/image/build.sh")], env=env, capture_output=True,
-                           text=True, timeout=BUILD_TIMEOUT_S)
-    assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
-    print(f"\nimage build (incl. base): {time.monotonic() - begin:.1f} s; "
-          f"{build.stdout.strip().splitlines()[-1]}", flush=True)
-    yield IMAGE
-    if "started" in started.stdout:
-        subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "stop"], timeout=60)
+    try:
+        build = subprocess.run(["bash", str(REPO / "scripts/image/build.sh")], env=env, capture_output=True,
+                               text=True, timeout=BUILD_TIMEOUT_S)
+        assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
+        print(f"\nimage build (incl. base): {time.monotonic() - begin:.1f} s; "
+              f"{build.stdout.strip().splitlines()[-1]}", flush=True)
+        yield IMAGE
+    finally:
+        if "started" in started.stdout:  # a daemon this module started, it stops (one already running stays)
+            subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "stop"], timeout=60)
 
 
 def test_dockerfile_is_hadolint_clean():

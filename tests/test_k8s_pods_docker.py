@@ -22,6 +22,7 @@ import secrets
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,18 +104,23 @@ def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Iterator[str]:
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
     started = subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "start"], capture_output=True,
                              text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
-    image = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert docker("image", "inspect", image, check=False).returncode == 0, (
-        f"image {image} not built: run scripts/image/build.sh (or tests/test_image_container.py)")
-    baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image, "/app/serve_config.yaml").stdout
-    assert baked.decode() == (REPO / "serve_config.yaml").read_text(), (
-        f"image {image} is older than serve_config.yaml: rebuild it (scripts/image/build.sh)")
-    return image
+    try:
+        image = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert docker("image", "inspect", image, check=False).returncode == 0, (
+            f"image {image} not built: run scripts/image/build.sh (or tests/test_image_container.py)")
+        baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
+                       "/app/serve_config.yaml").stdout
+        assert baked.decode() == (REPO / "serve_config.yaml").read_text(), (
+            f"image {image} is older than serve_config.yaml: rebuild it (scripts/image/build.sh)")
+        yield image
+    finally:
+        if "started" in started.stdout:  # a daemon this module started, it stops (one already running stays)
+            subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "stop"], timeout=60)
 
 
 def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_png, tmp_path):
