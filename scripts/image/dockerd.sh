@@ -34,6 +34,12 @@ case "${1:-start}" in
       for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     fi
     rm -f "$STATE/dockerd.pid"
+    # dockerd leaves its default network namespace bind-mounted after it exits; with no daemon left,
+    # nothing uses it.
+    netns=/run/docker/netns/default
+    if ! kill -0 "$pid" 2>/dev/null && ! pgrep -x dockerd >/dev/null && mountpoint -q "$netns"; then
+      umount "$netns" && rm -f "$netns"
+    fi
     echo "dockerd: stopped"
     ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
