@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -21,9 +22,10 @@ from serve_app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 # Formats accepted, as PIL names them (MPO is the multi-picture JPEG that many phones write).
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
-# Our own pixel limit is checked before decode; PIL's bomb guard is disabled so ours is the one
-# that answers (and with a 413, not a 500).
-Image.MAX_IMAGE_PIXELS = None
+# PIL's own decompression-bomb guard stays as PIL sets it, for the whole process: it refuses at open
+# any image above twice this many pixels. Our limit (at most this, see settings.Limits) is checked
+# from the header right after; both answer ImageTooLarge (413).
+PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or sys.maxsize  # None: the guard is off
 
 _WHITE = (255, 255, 255)
 
@@ -47,6 +49,8 @@ def decode_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarra
         raise InvalidImage("empty image data")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"refused from the header: {exc} (the limit is {max_pixels} pixels)") from None
     except UnidentifiedImageError:
         raise InvalidImage("data is not a recognised image") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -66,7 +70,9 @@ def decode_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/ICC chunks; not the client's fault
             return _preprocess(img, prep)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # a frame or tile larger than the header said
+        raise ImageTooLarge(f"refused while decoding: {exc} (the limit is {max_pixels} pixels)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"image data is corrupt or truncated: {exc}") from None
 
 

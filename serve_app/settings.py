@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serve_app.imaging import PIL_MAX_IMAGE_PIXELS
+
 MiB = 1024 * 1024
 
 
@@ -23,7 +25,10 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(10 * MiB, ge=1024, description="Largest accepted request body.")
     max_images_per_request: int = Field(64, ge=1, le=1024)
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="Decompression-bomb guard, checked from the header."
+        40_000_000,
+        ge=1,
+        le=PIL_MAX_IMAGE_PIXELS,
+        description="Decompression-bomb guard, checked from the header; at most PIL's own guard.",
     )
 
 
