@@ -22,6 +22,7 @@ import requests
 import yaml
 from conftest import CAT_LABELS
 from ray_cluster import free_port, load_serve_config
+from tools import docker_daemon
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -50,22 +51,16 @@ def test_ca(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def image(test_ca):
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
-    started = subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "start"], capture_output=True,
-                             text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
     env = {**os.environ, "IMAGE_PROFILE": "offline", "IMAGE": IMAGE, "EXTRA_CA_CERTS": test_ca,
            "BUILD_PROGRESS": "plain"}
     begin = time.monotonic()
-    try:
+    with docker_daemon():
         build = subprocess.run(["bash", str(REPO / "scripts/image/build.sh")], env=env, capture_output=True,
                                text=True, timeout=BUILD_TIMEOUT_S)
         assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
         print(f"\nimage build (incl. base): {time.monotonic() - begin:.1f} s; "
               f"{build.stdout.strip().splitlines()[-1]}", flush=True)
         yield IMAGE
-    finally:
-        if "started" in started.stdout:  # a daemon this module started, it stops (one already running stays)
-            subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "stop"], timeout=60)
 
 
 def test_dockerfile_is_hadolint_clean():

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -116,8 +120,6 @@ def test_pixel_limit_is_checked_before_decoding():
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming width x height: what a bomb's header says, with no pixels."""
-    import struct
-    import zlib
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
@@ -126,8 +128,6 @@ def png_header(width: int, height: int) -> bytes:
 
 def test_pils_own_bomb_guard_stays_on_and_answers_413():
     # Importing the app (weights imports imaging) leaves PIL's process-wide guard as PIL sets it ...
-    import subprocess
-    import sys
     out = subprocess.run([sys.executable, "-c", "import serve_app.weights, serve_app.ingress, PIL.Image as I; "
                           "print(I.MAX_IMAGE_PIXELS)"], capture_output=True, text=True, timeout=120, check=True)
     assert int(out.stdout) == Image.MAX_IMAGE_PIXELS == 89_478_485

@@ -31,6 +31,7 @@ from conftest import CAT_LABELS
 
 import test_k8s_chart as k8s_chart
 from test_k8s_chart import one, render
+from tools import docker_daemon
 
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 REPO = Path(__file__).resolve().parents[1]
@@ -106,10 +107,7 @@ def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
-    started = subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "start"], capture_output=True,
-                             text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
+    with docker_daemon():
         image = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
         assert docker("image", "inspect", image, check=False).returncode == 0, (
             f"image {image} not built: run scripts/image/build.sh (or tests/test_image_container.py)")
@@ -118,9 +116,6 @@ def image() -> Iterator[str]:
         assert baked.decode() == (REPO / "serve_config.yaml").read_text(), (
             f"image {image} is older than serve_config.yaml: rebuild it (scripts/image/build.sh)")
         yield image
-    finally:
-        if "started" in started.stdout:  # a daemon this module started, it stops (one already running stays)
-            subprocess.run(["bash", str(REPO / "scripts/image/dockerd.sh"), "stop"], timeout=60)
 
 
 def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_png, tmp_path):
