@@ -8,6 +8,7 @@ log of every namespace it used (see `diagnostics`, called from tests/conftest.py
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -237,6 +238,19 @@ def active_cluster(ns: str, name: str) -> str:
     return (rayservice(ns, name) or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", "")
 
 
+def serve_applications(ns: str, name: str) -> dict:
+    """What the Ray cluster really runs: Serve's REST API on the RayService's active head, with the
+    token KubeRay made for that cluster."""
+    cluster_name = active_cluster(ns, name)
+    token = next(base64.b64decode(s["data"]["auth_token"]).decode() for s in get("secrets", namespace=ns)
+                 if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {}))
+    with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port:
+        r = requests.get(f"http://127.0.0.1:{port}/api/serve/applications/",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["applications"]
+
+
 def kuberay_events(ns: str, name: str) -> list[dict]:
     return [e for e in get("events", namespace=ns) if e["involvedObject"].get("name") == name]
 
@@ -284,6 +298,9 @@ class Load:
     ok: int = 0
     failed: int = 0
     failures: Counter = field(default_factory=Counter)
+    # With record=True, every request as (monotonic end time, seconds taken, ok): gaps and latencies.
+    record: bool = False
+    requests_log: list = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list = field(default_factory=list)
@@ -292,6 +309,7 @@ class Load:
         deadline = time.monotonic() + self.max_seconds
         with requests.Session() as session:
             while not self._stop.is_set() and time.monotonic() < deadline and self.ok + self.failed < self.max_requests:
+                sent = time.monotonic()
                 try:
                     # Connections to 127.0.0.1 stay open (kubectl port-forward stalls after a few
                     # thousand connections); the gateway opens one to the Service per request.
@@ -302,6 +320,9 @@ class Load:
                 except (requests.RequestException, ValueError) as exc:
                     good, reason = False, f"{type(exc).__name__}: {str(exc)[:120]}"
                 with self._lock:
+                    if self.record:
+                        done = time.monotonic()
+                        self.requests_log.append((done, done - sent, good))
                     if good:
                         self.ok += 1
                     else:
@@ -441,3 +462,63 @@ def classify_cat(port: int, cat_png: bytes) -> dict:
     score, index, label = (best.decode() if isinstance(best, bytes) else best).split(":", 2)
     assert label in CAT_LABELS and int(index) == top["class_id"], (label, index, top)
     return {"rest": top, "oip": {"label": label, "class_id": int(index), "score": float(score)}}
+
+
+# --- Prometheus with the PodMonitors' selection --------------------------------------------------------------
+def selector_string(selector: dict) -> str:
+    """A PodMonitor's label selector as `kubectl -l` takes it, so the API server evaluates it."""
+    terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], ",".join(expr.get("values") or [])
+        terms.append({"Exists": key, "DoesNotExist": f"!{key}", "In": f"{key} in ({values})",
+                      "NotIn": f"{key} notin ({values})"}[op])
+    return ",".join(terms)
+
+
+def podmonitor_targets(ns: str, monitors: list[dict]) -> set[tuple[str, str, str]]:
+    """(job, pod, port name) that prometheus-operator would scrape in ``ns`` for these PodMonitors:
+    the pods the API server selects with each selector that declare a container port of that name."""
+    expected = set()
+    for monitor in monitors:
+        pods = get("pods", namespace=ns, selector=selector_string(monitor["spec"].get("selector") or {}))
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            job = next((r["replacement"] for r in endpoint.get("relabelings") or [] if r.get("targetLabel") == "job"),
+                       f"{ns}/{monitor['metadata']['name']}")
+            for pod in pods:
+                if pod["status"].get("phase") in ("Failed", "Succeeded") or not pod["status"].get("podIP"):
+                    continue
+                if any(p.get("name") == endpoint["port"] for c in pod["spec"]["containers"] for p in c.get("ports") or []):
+                    expected.add((job, pod["metadata"]["name"], endpoint["port"]))
+    return expected
+
+
+def check_cluster_prometheus(ns: str, prom, load: Callable[[], object]) -> dict:
+    """Prometheus (scripts/monitoring/cluster_prometheus.py) scrapes exactly what the PodMonitors select,
+    every target is up, the overview dashboard's queries return this namespace's data under ``load``,
+    and every rule of the PrometheusRule evaluates."""
+    from cluster_prometheus import podmonitors
+    from promstack import dashboard, is_cluster_only, panels, substitute
+
+    def scraped():
+        return {(t["labels"]["job"], t["labels"]["pod"], t["labels"]["endpoint"]) for t in prom.active_targets()
+                if t["labels"].get("namespace") == ns}
+    expected = podmonitor_targets(ns, podmonitors())
+    assert expected, f"no pod in {ns} matches a PodMonitor"
+    wait_for(lambda: scraped() == expected, 60, f"Prometheus targets == the PodMonitors' selection {expected}")
+    wait_for(lambda: all(t["health"] == "up" for t in prom.active_targets()), 60, "every target up")
+    load()
+    empty, checked = [], 0
+    for panel in panels(dashboard()):
+        for target in panel.get("targets", []):
+            if "expr" not in target or is_cluster_only(target["expr"]):
+                continue
+            checked += 1
+            variables = {"namespace": ns, "application": "classifier", "cluster": ".*"}
+            if not prom.query(substitute(target["expr"], variables, rate_interval="1m")):
+                empty.append(panel["title"])
+    rules = prom.rules()
+    bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    print(f"\nPrometheus: {len(expected)} targets as the PodMonitors select; {checked - len(empty)}/{checked} "
+          f"dashboard queries with data; {len(rules)} rules, {len(bad)} not ok")
+    assert not bad, bad
+    return {"targets": sorted(expected), "empty_panels": empty, "queries": checked}

@@ -10,7 +10,6 @@ no request may fail.
 
 from __future__ import annotations
 
-import base64
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ import pytest
 import requests
 import yaml
 from kubetest import (
+    serve_applications,
     CHART,
     REPO,
     Load,
@@ -129,20 +129,8 @@ def test_the_users_smoke_test_passes_against_this_release(dev):
     assert "skipped" not in tail and " passed" in tail, tail
 
 
-def serve_applications(ns: str) -> dict:
-    """What the Ray cluster really runs: Serve's REST API on the active head, with KubeRay's token."""
-    cluster_name = active_cluster(ns, NAME)
-    token = next(base64.b64decode(s["data"]["auth_token"]).decode() for s in get("secrets", namespace=ns)
-                 if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {}))
-    with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port:
-        r = requests.get(f"http://127.0.0.1:{port}/api/serve/applications/",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["applications"]
-
-
 def model_user_config(ns: str) -> dict:
-    return serve_applications(ns)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"]["user_config"]
+    return serve_applications(ns, NAME)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"]["user_config"]
 
 
 def wait_upgrade_done(ns: str, old_cluster: str, timeout_s: float = 1200) -> str:
