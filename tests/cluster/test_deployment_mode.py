@@ -7,6 +7,7 @@ way an ingress controller sends it, and is counted per pod from each pod's own m
 from __future__ import annotations
 
 import base64
+import sys
 import threading
 import time
 
@@ -19,6 +20,7 @@ from kubetest import (
     REPO,
     Load,
     chart_default_image,
+    check_cluster_prometheus,
     cluster,  # noqa: F401 - fixture
     condition,
     create_namespace,
@@ -34,6 +36,9 @@ from kubetest import (
     wait_for,
     wait_http_ok,
 )
+
+sys.path.insert(0, str(REPO / "scripts" / "monitoring"))
+from cluster_prometheus import ClusterPrometheus  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -226,3 +231,89 @@ def test_a_cat_photo_classifies_through_the_service(app, cat_png):
         r = requests.post(f"http://127.0.0.1:{port}/predict", files={"file": ("cat.png", cat_png)}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["label"] in CAT_LABELS, r.json()
+
+
+def test_a_spike_makes_the_hpa_add_a_pod_that_serves_and_it_is_removed_after_the_load(app, cat_png):
+    """10x the clients: metrics-server's CPU makes the HPA raise the Deployment above its minimum, the
+    new pod becomes Ready, joins the Service and serves. With the load gone the HPA scales back to the
+    minimum (its scale-down window shortened then from the chart's 300 s, so the test stays short: with
+    the short window during the load, the HPA removed the new pod before it was Ready, because on two
+    cores a fourth pod adds no CPU and the average falls below the target while it starts)."""
+    minimum = get("hpa", NAME, app)["spec"]["minReplicas"]
+    # Earlier load may have scaled it up: start from the minimum, as if no test ran before.
+    wait_for(lambda: len(ready_pods(app)) == minimum and len(all_serve_pods(app)) == minimum, 420,
+             f"{minimum} pods", poll_s=3)
+    before = set(ready_pods(app))
+    try:
+        with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
+            wait_http_ok(f"http://127.0.0.1:{port}/ready")
+            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=20, max_seconds=900, timeout_s=60) as load:
+                scaled = wait_for(lambda: get("deployment", NAME, app)["spec"]["replicas"] > minimum, 300,
+                                  "the HPA to raise the Deployment's replicas", poll_s=2)
+                new = wait_for(lambda: [p for p in ready_pods(app) if p not in before], 600,
+                               "the new pod Ready", poll_s=2)[0]
+                wait_for(lambda: new in ready_endpoints(app), 60, f"{new} in the Service's endpoints")
+                wait_for(lambda: images_served(app, new) > 0, 120, f"{new} serving", poll_s=2)
+            hpa = get("hpa", NAME, app)
+            print(f"\nspike: {load.summary()}; HPA {hpa['status'].get('currentMetrics')} -> "
+                  f"{hpa['status']['desiredReplicas']}; {new} served {images_served(app, new):.0f}")
+            assert scaled and load.failed == 0, load.summary()
+        helm("upgrade", RELEASE, str(CHART), "-n", app, "-f", str(REPO / VALUES[0]), "--set-json",
+             'autoscaling.behavior.scaleDown={"stabilizationWindowSeconds": 20, "selectPolicy": "Min",'
+             ' "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]}')
+        wait_for(lambda: get("deployment", NAME, app)["spec"]["replicas"] == minimum
+                 and len(all_serve_pods(app)) == minimum, 420, f"the HPA back to {minimum} pods", poll_s=5)
+        rescales = [e["message"] for e in get("events", namespace=app)
+                    if e["involvedObject"].get("kind") == "HorizontalPodAutoscaler" and e["reason"] == "SuccessfulRescale"]
+        assert any("above target" in m for m in rescales) and any("below target" in m for m in rescales), rescales
+    finally:
+        helm("upgrade", RELEASE, str(CHART), "-n", app, "-f", str(REPO / VALUES[0]))
+
+
+def all_serve_pods(ns: str) -> list[str]:
+    return [p["metadata"]["name"] for p in get("pods", namespace=ns, selector="app.kubernetes.io/component=serve")]
+
+
+def test_a_deleted_serving_pod_is_replaced_and_no_request_fails(app, cat_png):
+    """`kubectl delete pod` under load: the pod leaves the endpoints before it stops, the others answer
+    meanwhile, and the Deployment's replacement becomes Ready and takes traffic."""
+    with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
+        wait_http_ok(f"http://127.0.0.1:{port}/ready")
+        pods = ready_pods(app)
+        victim = pods[0]
+        with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=400, timeout_s=60,
+                  record=True) as load:
+            time.sleep(5)
+            deleted = time.monotonic()
+            kubectl("delete", "pod", victim, "-n", app, "--wait=false")
+            replacement = wait_for(lambda: [p for p in ready_pods(app) if p not in pods], 300,
+                                   "the replacement pod Ready", poll_s=1)[0]
+            back = time.monotonic() - deleted
+            wait_for(lambda: images_served(app, replacement) > 0, 120, f"{replacement} serving", poll_s=2)
+        answered = sorted(t for t, _, ok in load.requests_log if ok and t > deleted)
+        gap = max(b - a for a, b in zip([deleted, *answered], answered))
+    print(f"\npod loss: {load.summary()}; replacement Ready after {back:.0f} s; longest wait between answers "
+          f"{gap:.1f} s")
+    assert load.failed == 0, load.summary()
+    assert victim not in all_serve_pods(app)
+    assert len(ready_pods(app)) >= len(pods)
+
+
+def test_prometheus_scrapes_what_the_podmonitor_selects_and_the_dashboard_and_rules_work(app, cat_png):
+    """Debian's Prometheus in the node's network namespace with the scrape config generated from
+    monitoring/podmonitor-*.yaml: its targets are exactly the pods and ports the API server selects
+    with the PodMonitors' selectors, all up; under load the overview's queries return this
+    namespace's data and every recording and alerting rule evaluates."""
+    def load():
+        with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
+            wait_http_ok(f"http://127.0.0.1:{port}/ready")
+            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=60) as running:
+                time.sleep(60)
+            assert running.failed == 0 and running.ok > 20, running.summary()
+        time.sleep(20)  # Ray exports application metrics every few seconds; two more scrapes
+
+    with ClusterPrometheus([app]) as prom:
+        result = check_cluster_prometheus(app, prom, load)
+    assert {pod for _, pod, _ in result["targets"]} == set(all_serve_pods(app))
+    served = [title for title in result["empty_panels"] if "request" in title.lower() or "latency" in title.lower()]
+    assert not served, f"panels without data under load: {result['empty_panels']}"
