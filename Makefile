@@ -1,5 +1,5 @@
 # Entry points; README.md documents them.
-.PHONY: setup tools run test cluster cluster-down cluster-clean cluster-test
+.PHONY: setup tools run test cluster cluster-down cluster-clean cluster-test demo
 
 setup:            ## venv, pinned dependencies, offline pretrained weights
 	bash scripts/setup-python.sh
@@ -26,3 +26,6 @@ cluster-clean: cluster-down ## also drop the cached binaries and the node's imag
 
 cluster-test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
 	.venv/bin/python -m pytest -m cluster
+
+demo: setup tools    ## the chart on the test cluster under load: spike + HPA, rolling update, pod loss, pictures (artifacts/demo/)
+	bash scripts/demo.sh
