@@ -314,6 +314,8 @@ def test_prometheus_scrapes_what_the_podmonitor_selects_and_the_dashboard_and_ru
 
     with ClusterPrometheus([app]) as prom:
         result = check_cluster_prometheus(app, prom, load)
-    assert {pod for _, pod, _ in result["targets"]} == set(all_serve_pods(app))
+    # check_cluster_prometheus asserted targets == the selection at one moment; the pods may change
+    # afterwards (an HPA scale-down of an earlier test's load), so no second snapshot is compared here.
+    assert result["targets"], result
     served = [title for title in result["empty_panels"] if "request" in title.lower() or "latency" in title.lower()]
     assert not served, f"panels without data under load: {result['empty_panels']}"
