@@ -110,8 +110,10 @@ def cluster() -> dict:
     version = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
     nodes = get("nodes")
     assert nodes and all(condition(n, "Ready").get("status") == "True" for n in nodes), "node not Ready"
-    operator = get("deployment", "kuberay-operator", KUBERAY_NAMESPACE)
-    assert operator["status"].get("availableReplicas"), "the KubeRay operator is not available"
+    # On two saturated cores the operator can lose its leader-election lease and exit (seen after the
+    # HPA spike test); its restart back-off is at most 5 min, so wait that long before failing.
+    operator = wait_for(lambda: (lambda d: d if d["status"].get("availableReplicas") else None)(
+        get("deployment", "kuberay-operator", KUBERAY_NAMESPACE)), 360, "the KubeRay operator available", poll_s=5)
     image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
     print(f"\ncluster: Kubernetes {version}, KubeRay operator {image.rsplit(':', 1)[-1]}")
     return {"version": version, "node": nodes[0]["metadata"]["name"], "operator_image": image}
