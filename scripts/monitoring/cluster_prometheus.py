@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from promstack import MONITORING, REPO, rule_groups, tool  # noqa: E402
+from promstack import MONITORING, REPO, rule_groups, tool, wait_ready  # noqa: E402
 
 PODMONITORS = sorted(MONITORING.glob("podmonitor-*.yaml"))
 CLUSTER_ENV = REPO / "cluster" / "cluster.env"
@@ -209,18 +209,12 @@ class ClusterPrometheus:
              f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={self.host}:{self.port}",
              "--storage.tsdb.retention.time=1d"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{self.url}/-/ready", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError("prometheus did not become ready")
+        try:
+            wait_ready(self.proc, self.url, self.dir / "prometheus.log", timeout_s)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         self._stop.set()

@@ -117,6 +117,21 @@ def boolify(expr: str) -> str:
     return "".join(out)
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Until the Prometheus at ``url`` (started as ``proc``, logging to ``log``) answers /-/ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{url}/-/ready", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("prometheus did not become ready")
+
+
 @dataclass
 class Prometheus:
     """A real Prometheus 2.x on 127.0.0.1 scraping the given targets and evaluating the project's rules."""
@@ -154,18 +169,12 @@ class Prometheus:
              "--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{self.url}/-/ready", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError("prometheus did not become ready")
+        try:
+            wait_ready(self.proc, self.url, self.dir / "prometheus.log", timeout_s)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
