@@ -12,7 +12,7 @@ run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 
 test: setup tools ## the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
 	.venv/bin/python -m pytest
-	bash scripts/test-cluster.sh
+	bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster
 
 cluster:          ## a real single-node Kubernetes + KubeRay operator here (kubeconfig: .cluster/kubeconfig)
 	bash cluster/install-deps.sh
@@ -28,4 +28,4 @@ cluster-test: setup tools ## the tests on the running cluster (pytest -m cluster
 	.venv/bin/python -m pytest -m cluster
 
 demo: setup tools    ## the chart on the test cluster under load: spike + HPA, rolling update, pod loss, pictures (artifacts/demo/)
-	bash scripts/demo.sh
+	bash scripts/with-cluster.sh .venv/bin/python -m bench.cluster_demo

@@ -87,8 +87,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop.wait(2):
             try:
-                pods = [p for p in kt.get("pods", namespace=self.ns, selector=SERVE_SELECTOR)
-                        if not p["metadata"].get("deletionTimestamp")]
+                pods = list(serve_pods(self.ns).values())
                 deploy = kt.get("deployment", NAME, self.ns)
                 hpa = kt.get("hpa", NAME, self.ns, missing_ok=True) or {}
             except (AssertionError, OSError, ValueError):
@@ -97,7 +96,7 @@ class Sampler(threading.Thread):
             for metric in (hpa.get("status") or {}).get("currentMetrics") or []:
                 cpu = ((metric.get("resource") or {}).get("current") or {}).get("averageUtilization", cpu)
             self.samples.append({"t": time.time(), "pods": len(pods),
-                                 "ready": sum(kt.condition(p, "Ready").get("status") == "True" for p in pods),
+                                 "ready": sum(map(ready, pods)),
                                  "desired": deploy["spec"]["replicas"], "cpu_pct": cpu})
 
     def stop(self) -> None:
@@ -106,12 +105,10 @@ class Sampler(threading.Thread):
 
 
 def serve_pods(ns: str) -> dict[str, dict]:
-    return {p["metadata"]["name"]: p for p in kt.get("pods", namespace=ns, selector=SERVE_SELECTOR)
-            if not p["metadata"].get("deletionTimestamp")}
+    return kt.live_pods(ns, SERVE_SELECTOR)
 
 
-def ready(pod: dict) -> bool:
-    return kt.condition(pod, "Ready").get("status") == "True"
+ready = kt.is_ready
 
 
 def served(ns: str, pod: str) -> float:

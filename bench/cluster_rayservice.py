@@ -43,8 +43,7 @@ METRICS_PORT = 8080
 
 
 def ray_pods(ns: str) -> dict[str, dict]:
-    return {p["metadata"]["name"]: p for p in kt.get("pods", namespace=ns, selector="ray.io/cluster")
-            if not p["metadata"].get("deletionTimestamp")}
+    return kt.live_pods(ns, "ray.io/cluster")
 
 
 def node_type(pod: dict) -> str:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted((REPO / "scripts" / "k8s").glob("*.sh")) + [
+SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "scripts" / "k8s").glob("*.sh")) + [
     REPO / "scripts" / "tools" / name for name in ("helm.sh", "checkov.sh", "shellcheck.sh")]
 DOCS = [REPO / "docs" / name for name in ("SETUP.md", "OPERATIONS.md", "TROUBLESHOOTING.md", "ARCHITECTURE.md")]
 

@@ -98,6 +98,16 @@ def condition(obj: dict | None, kind: str) -> dict:
     return {}
 
 
+def live_pods(ns: str, selector: str) -> dict[str, dict]:
+    """The pods the selector matches that are not being deleted, by name."""
+    return {p["metadata"]["name"]: p for p in get("pods", namespace=ns, selector=selector)
+            if not p["metadata"].get("deletionTimestamp")}
+
+
+def is_ready(pod: dict) -> bool:
+    return condition(pod, "Ready").get("status") == "True"
+
+
 # --- the cluster and namespaces -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def cluster() -> dict:

@@ -29,7 +29,9 @@ from kubetest import (
     get,
     helm,
     helm_install,
+    is_ready,
     kubectl,
+    live_pods,
     pod_metric,
     port_forward,
     tag_image,
@@ -63,8 +65,7 @@ def app(cluster):  # noqa: F811
 
 
 def ready_pods(ns: str) -> list[str]:
-    return sorted(p["metadata"]["name"] for p in get("pods", namespace=ns, selector="app.kubernetes.io/component=serve")
-                  if condition(p, "Ready").get("status") == "True" and not p["metadata"].get("deletionTimestamp"))
+    return sorted(name for name, p in live_pods(ns, "app.kubernetes.io/component=serve").items() if is_ready(p))
 
 
 def ready_endpoints(ns: str) -> list[str]:
@@ -198,10 +199,8 @@ def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path)
 
             def watch():  # while a new pod is not ready, it must not have served anything
                 while not watching.is_set():
-                    for p in get("pods", namespace=app, selector="app.kubernetes.io/component=serve"):
-                        name = p["metadata"]["name"]
-                        if condition(p, "Ready").get("status") != "True" and not p["metadata"].get("deletionTimestamp") \
-                                and p["status"].get("phase") == "Running":
+                    for name, p in live_pods(app, "app.kubernetes.io/component=serve").items():
+                        if not is_ready(p) and p["status"].get("phase") == "Running":
                             unready_traffic[name] = max(unready_traffic.get(name, 0.0), images_served(app, name))
                     time.sleep(2)
 
@@ -214,8 +213,8 @@ def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path)
                 time.sleep(15)
             watching.set()
             watcher.join(30)
-            pods = get("pods", namespace=app, selector="app.kubernetes.io/component=serve")
-            images = {c["image"] for p in pods if not p["metadata"].get("deletionTimestamp") for c in p["spec"]["containers"]}
+            pods = live_pods(app, "app.kubernetes.io/component=serve").values()
+            images = {c["image"] for p in pods for c in p["spec"]["containers"]}
             print(f"\n{step}: {time.monotonic() - start:.0f} s; {load.summary()}; "
                   f"new pods before ready: {unready_traffic}")
             assert load.failed == 0, load.summary()

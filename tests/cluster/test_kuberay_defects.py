@@ -32,8 +32,10 @@ from kubetest import (
     get,
     helm,
     helm_install,
-    kuberay_events,
+    is_ready,
     kubectl,
+    kuberay_events,
+    live_pods,
     namespace,
     rayservice,
     wait_for,
@@ -48,10 +50,9 @@ DEV = "helm-values/app-dev.yaml"
 
 
 def workers(ns: str, ready: bool | None = None) -> list[dict]:
-    pods = [p for p in get("pods", namespace=ns, selector="ray.io/node-type=worker")
-            if not p["metadata"].get("deletionTimestamp")]
+    pods = list(live_pods(ns, "ray.io/node-type=worker").values())
     if ready is not None:
-        pods = [p for p in pods if (condition(p, "Ready").get("status") == "True") == ready]
+        pods = [p for p in pods if is_ready(p) == ready]
     return pods
 
 

@@ -15,10 +15,8 @@ import threading
 import time
 
 import pytest
-import requests
 import yaml
 from kubetest import (
-    serve_applications,
     CHART,
     REPO,
     Load,
@@ -27,8 +25,8 @@ from kubetest import (
     classify_cat,
     cluster,  # noqa: F401 - fixture
     condition,
-    delete_namespace,
     create_namespace,
+    delete_namespace,
     gateway,
     get,
     helm,
@@ -39,6 +37,7 @@ from kubetest import (
     rayservice,
     render,
     run,
+    serve_applications,
     tag_image,
     wait_for,
     wait_http_ok,
