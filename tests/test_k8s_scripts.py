@@ -58,6 +58,20 @@ def test_operator_pins_agree():
         assert f"bundle-version: {pins['GATEWAY_API_VERSION']}" in crd.read_text()
 
 
+def test_test_cluster_operator_runs_with_the_helm_values_flags_and_resources():
+    """The test cluster installs the operator from upstream's kustomize config, not the chart; its patch
+    gives it the chart values' feature gates, metrics flag and resources."""
+    operator = yaml.safe_load((REPO / "helm-values" / "kuberay-operator.yaml").read_text())
+    kustomization = yaml.safe_load(
+        (REPO / "cluster" / "manifests" / "kuberay-operator" / "kustomization.yaml").read_text())
+    [patch] = [p for p in kustomization["patches"] if p["target"]["kind"] == "Deployment"]
+    ops = {op["path"].rsplit("/", 1)[1]: op["value"] for op in yaml.safe_load(patch["patch"])}
+    gates = ",".join(f"{g['name']}={str(g['enabled']).lower()}" for g in operator["featureGates"])
+    expected = [f"--feature-gates={gates}"] + (["--enable-metrics"] if operator["metrics"]["enabled"] else [])
+    assert ops["args"] == expected
+    assert ops["resources"] == operator["resources"]
+
+
 def test_install_scripts_use_files_that_exist():
     for script in SCRIPTS:
         for path in re.findall(r"(?:helm-values|monitoring|kuberay|scripts)/[\w./-]+\.(?:ya?ml|sh|env)",
