@@ -1,6 +1,6 @@
 """`make demo`: the chart on the real test cluster, under load, through autoscaling, an update and a pod loss.
 
-    python -m bench.cluster_demo [--out artifacts/demo] [--steady-clients 2] [--spike-factor 10]
+    python -m bench.cluster_demo [--out artifacts/demo] [--steady-clients 1] [--spike-factor 10]
                                  [--docs]   # also copy the pictures to docs/img/
 
 Needs the test cluster (`make cluster`) and root (Prometheus runs in the node's network namespace).
@@ -82,10 +82,10 @@ class Sampler(threading.Thread):
 
     def __init__(self, ns: str):
         super().__init__(daemon=True)
-        self.ns, self.samples, self._stop = ns, [], threading.Event()
+        self.ns, self.samples, self._halt = ns, [], threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(2):
+        while not self._halt.wait(2):
             try:
                 pods = list(serve_pods(self.ns).values())
                 deploy = kt.get("deployment", NAME, self.ns)
@@ -100,8 +100,9 @@ class Sampler(threading.Thread):
                                  "desired": deploy["spec"]["replicas"], "cpu_pct": cpu})
 
     def stop(self) -> None:
-        self._stop.set()
-        self.join(10)
+        self._halt.set()
+        if self.is_alive():
+            self.join(10)
 
 
 def serve_pods(ns: str) -> dict[str, dict]:
@@ -206,6 +207,12 @@ class Demo:
 
     def spike(self, max_seconds: float = 360) -> None:
         clients = self.args.steady_clients * self.args.spike_factor
+        hpa = kt.get("hpa", NAME, self.ns)
+        if kt.get("deployment", NAME, self.ns)["spec"]["replicas"] > hpa["spec"]["minReplicas"]:
+            # The steady load alone took the HPA above its minimum: a spike would find no room to scale.
+            self.tl.mark("the HPA scaled up under the steady load; waiting for it to return to its minimum")
+            kt.wait_for(lambda: len(serve_pods(self.ns)) == hpa["spec"]["minReplicas"], self.args.scale_down_seconds + 120,
+                        "the HPA back at its minimum", poll_s=5)
         base = serve_pods(self.ns)
         t0 = self.tl.mark(f"spike: {clients} clients ({self.args.spike_factor}x)")
         f: dict = {"clients": clients, "pods_before": len(base)}
@@ -349,13 +356,15 @@ class Demo:
             print(kt.diagnostics([self.ns]), file=sys.stderr)
             raise
         finally:
-            sampler.stop()
-            self.samples = sampler.samples
-            (args.out / "timeline.txt").write_text(self.tl.text() + "\n")
-            (args.out / "demo.json").write_text(json.dumps({"figures": self.figures, "events": self.tl.events,
-                                                            "samples": sampler.samples}, indent=1))
-            self.tl.mark(f"cleaning up namespace {self.ns}")
-            kt.delete_namespace(self.ns)
+            try:
+                sampler.stop()
+                self.samples = sampler.samples
+                (args.out / "timeline.txt").write_text(self.tl.text() + "\n")
+                (args.out / "demo.json").write_text(json.dumps({"figures": self.figures, "events": self.tl.events,
+                                                                "samples": sampler.samples}, indent=1))
+            finally:
+                self.tl.mark(f"cleaning up namespace {self.ns}")
+                kt.delete_namespace(self.ns)
         print("\nfigures:\n" + json.dumps(self.figures, indent=1))
         print(f"\nartifacts in {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
         return 0
@@ -411,7 +420,7 @@ def draw_timeline(demo: Demo, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "demo")
-    parser.add_argument("--steady-clients", type=int, default=2)
+    parser.add_argument("--steady-clients", type=int, default=1)
     parser.add_argument("--spike-factor", type=int, default=10)
     parser.add_argument("--steady-seconds", type=float, default=60)
     parser.add_argument("--scale-down-seconds", type=float, default=600,
