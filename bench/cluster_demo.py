@@ -141,10 +141,12 @@ def settle(read, quiet_s: float = 12, timeout_s: float = 60):
     return value
 
 
-def longest_gap(log: list, after: float) -> float:
-    """The longest time without a successful answer after ``after`` (monotonic), in seconds."""
+def longest_gap(log: list, after: float, until: float | None = None) -> float:
+    """The longest time without a successful answer between ``after`` and ``until`` (monotonic; the
+    last request's end by default), in seconds."""
     ends = sorted(t for t, _, ok in log if ok and t >= after)
-    points = [after] + ends
+    last = max((t for t, _, _ in log), default=after) if until is None else until
+    points = [after] + ends + [max(last, ends[-1] if ends else after)]
     return max((b - a for a, b in zip(points, points[1:])), default=0.0)
 
 
@@ -155,8 +157,9 @@ def p(values: list[float], q: float) -> float:
 
 def load_figures(load: kt.Load) -> dict:
     lat = [d for _, d, ok in load.requests_log if ok]
-    return {"requests": load.total, "failed": load.failed, "p50_ms": round(p(lat, 0.5) * 1000),
-            "p99_ms": round(p(lat, 0.99) * 1000)}
+    def ms(q: float) -> int | None:
+        return round(p(lat, q) * 1000) if lat else None  # None: nothing succeeded
+    return {"requests": load.total, "failed": load.failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99)}
 
 
 class Demo:

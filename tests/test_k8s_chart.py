@@ -49,6 +49,7 @@ CASES: dict[str, list[str]] = {
     "default": [],
     "deployment": ["--set", "mode=deployment"],
     "dev": ["-f", str(HELM_VALUES / "app-dev.yaml")],
+    "dev-autoscaling": ["-f", str(HELM_VALUES / "app-dev.yaml"), "-f", str(HELM_VALUES / "app-dev-autoscaling.yaml")],
     "prod": ["-f", str(HELM_VALUES / "app-prod.yaml")],
     "deployment-example": ["-f", str(HELM_VALUES / "app-deployment.yaml")],
     "deployment-local": ["-f", str(HELM_VALUES / "app-deployment-local.yaml")],
@@ -1150,7 +1151,7 @@ def test_load_balancer_traffic_passes_the_network_policies(mode):
     assert not admits(without, labels, ports, "serve", OUTSIDE_CLIENT)  # default deny without a LoadBalancer
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c != "dev"])
+@pytest.mark.parametrize("case", [c for c in CASES if c != "dev" and not c.startswith("dev-")])  # dev: none
 def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
     docs = render(case)
     policies = by_kind(docs, "NetworkPolicy")

