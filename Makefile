@@ -1,5 +1,5 @@
 # Entry points; README.md documents them.
-.PHONY: setup tools run test cluster cluster-down cluster-clean cluster-test demo
+.PHONY: setup tools run lint test cluster cluster-down cluster-clean cluster-test demo
 
 setup:            ## venv, pinned dependencies, offline pretrained weights
 	bash scripts/setup-python.sh
@@ -10,7 +10,11 @@ tools:            ## non-Python tools used by the tests (helm, promtool, ...)
 run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 	set -a && . ./serve.env && set +a && .venv/bin/serve run serve_config.yaml
 
-test: setup tools ## the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
+lint: setup       ## ruff, with the rules pyproject.toml names
+	.venv/bin/ruff check .
+
+test: setup tools ## lint, then the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
 	bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster
 

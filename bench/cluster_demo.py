@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import skimage
@@ -147,7 +148,7 @@ def longest_gap(log: list, after: float, until: float | None = None) -> float:
     ends = sorted(t for t, _, ok in log if ok and t >= after)
     last = max((t for t, _, _ in log), default=after) if until is None else until
     points = [after] + ends + [max(last, ends[-1] if ends else after)]
-    return max((b - a for a, b in zip(points, points[1:])), default=0.0)
+    return max((b - a for a, b in pairwise(points)), default=0.0)
 
 
 def p(values: list[float], q: float) -> float:
@@ -330,7 +331,7 @@ class Demo:
         drawn = render(self.prom.url, out / "cluster-overview.png", self.tl.start, time.time(),
                        {"namespace": self.ns, "cluster": RELEASE, "application": "classifier"})
         self.tl.mark(f"wrote {out / 'cluster-overview.png'}", panels=len(drawn))
-        draw_timeline(self, out / "demo-timeline.png")
+        draw_timeline(timeline_data(self), out / "demo-timeline.png")
         self.tl.mark(f"wrote {out / 'demo-timeline.png'}")
         if self.args.docs:
             for name in ("cluster-overview.png", "demo-timeline.png"):
@@ -340,7 +341,7 @@ class Demo:
         args = self.args
         args.out.mkdir(parents=True, exist_ok=True)
         self.ns = kt.create_namespace("demo")
-        sampler = Sampler(self.ns)
+        self.sampler = sampler = Sampler(self.ns)
         try:
             with ClusterPrometheus([self.ns]) as self.prom:
                 self.tl.mark(f"Prometheus scraping namespace {self.ns} on {self.prom.url} (the PodMonitors' selection)")
@@ -361,10 +362,9 @@ class Demo:
         finally:
             try:
                 sampler.stop()
-                self.samples = sampler.samples
                 (args.out / "timeline.txt").write_text(self.tl.text() + "\n")
                 (args.out / "demo.json").write_text(json.dumps({"figures": self.figures, "events": self.tl.events,
-                                                                "samples": sampler.samples}, indent=1))
+                                                                "picture": timeline_data(self)}, indent=1))
             finally:
                 self.tl.mark(f"cleaning up namespace {self.ns}")
                 kt.delete_namespace(self.ns)
@@ -373,19 +373,33 @@ class Demo:
         return 0
 
 
-def draw_timeline(demo: Demo, out: Path) -> None:
+def timeline_data(demo: Demo) -> dict:
+    """What the timeline picture is drawn from (also saved in demo.json, so `--redraw` can draw it again)."""
+    ok: dict[int, int] = {}
+    bad: dict[int, int] = {}
+    for _, offset, load in demo.loads:
+        for t, _, good in list(load.requests_log):
+            second = int(t + offset - demo.tl.start)
+            counts = ok if good else bad
+            counts[second] = counts.get(second, 0) + 1
+    return {"start": demo.tl.start, "phases": demo.tl.phases, "samples": list(demo.sampler.samples),
+            "answered": ok, "failed": bad}
+
+
+def draw_timeline(data: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = list(demo.samples) if hasattr(demo, "samples") else []
-    t0 = demo.tl.start
+    t0, samples = data["start"], data["samples"]
+    ok = {int(k): v for k, v in data["answered"].items()}
+    bad = {int(k): v for k, v in data["failed"].items()}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
     colours = {"deploy": "#eeeeee", "steady": "#e3f2fd", "spike": "#ffe0b2", "update": "#e8f5e9",
                "pod loss": "#ffebee", "idle": "#f5f5f5"}
     for ax in (ax1, ax2):
-        for name, start, end in demo.tl.phases:
+        for name, start, end in data["phases"]:
             ax.axvspan(start - t0, end - t0, color=colours.get(name, "#fafafa"), zorder=0)
             if ax is ax1:
                 ax.text((start + end) / 2 - t0, 0.2, name, ha="center", fontsize=8)
@@ -401,11 +415,6 @@ def draw_timeline(demo: Demo, out: Path) -> None:
     ax1.set_ylabel("pods")
     ax1.set_ylim(0, 6)
     ax1.legend(loc="upper left", fontsize=8)
-    ok, bad = {}, {}
-    for _, offset, load in demo.loads:
-        for t, _, good in load.requests_log:
-            second = int(t + offset - t0)
-            (ok if good else bad)[second] = (ok if good else bad).get(second, 0) + 1
     if ok:
         xs = range(min(ok), max(ok) + 1)
         ax2.plot(list(xs), [sum(ok.get(x - i, 0) for i in range(5)) / 5 for x in xs], label="answered/s (5 s mean)")

@@ -43,6 +43,7 @@ from tests.cluster import kubetest as kt
 REPO = kt.REPO
 sys.path.insert(0, str(REPO / "scripts" / "monitoring"))
 from cluster_prometheus import ClusterPrometheus  # noqa: E402
+
 RELEASE = "classifier"
 NAME = "classifier-ray-serve-image-classifier"
 VALUES = "helm-values/app-dev.yaml"

@@ -13,9 +13,9 @@ import argparse
 import io
 import statistics
 import time
+from pathlib import Path
 
 import skimage
-from pathlib import Path
 from PIL import Image
 
 from serve_app.imaging import Preprocessing, decode_image, resize_center_crop, to_rgb

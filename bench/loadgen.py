@@ -45,7 +45,7 @@ async def run(url: str, image: bytes, content_type: str, concurrency: int, warmu
                     body = await resp.read()
                     ok = resp.status == 200 and b'"predictions"' in body
                     key = None if ok else f"HTTP {resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 key = type(exc).__name__
             t1 = time.perf_counter()
             if window["start"] <= t0 and t1 <= window["end"]:

@@ -43,7 +43,7 @@ def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
     prep, max_pixels = clf.info.preprocessing, settings.limits.max_image_pixels
     decoded = decode_image(spec.image, prep, max_pixels)
     for bs in spec.batch_sizes:
-        def one_batch():
+        def one_batch(bs=bs):
             t0 = time.perf_counter()
             if spec.decode:
                 arrays = [decode_image(spec.image, prep, max_pixels) for _ in range(bs)]

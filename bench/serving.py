@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from ray_cluster import RayCluster, cluster_processes, serve_env  # noqa: E402
+
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
 APP = "classifier"
 MODEL_DEPLOYMENT = "ImageClassifier"
@@ -448,7 +449,7 @@ def main(argv=None) -> int:
     phone_path.write_bytes(phone_jpeg())
     threads = int(app_args.get("num_threads", 1))
     result: dict = {
-        "label": args.label, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "label": args.label, "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "hardware": hardware(), "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
         "config": str(args.config), "url": args.url,
         "cluster_env": dict(kv.split("=", 1) for kv in [*args.env, *filter(None,
@@ -508,7 +509,7 @@ def main(argv=None) -> int:
                       flush=True)
         if not args.skip_12mp:
             result["served_12mp"] = []
-            for rep in range(args.repeat):
+            for _ in range(args.repeat):
                 run = run_loadgen(url, phone_path, args.reference_concurrency, args.warmup,
                                   args.duration, temp_dir)
                 result["served_12mp"].append(run)

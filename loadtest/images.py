@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -61,19 +61,19 @@ def cat_photo() -> Image.Image:
     return Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
 
 
-@lru_cache(maxsize=None)
+@cache
 def small_jpeg() -> bytes:
     """A 500×375 JPEG of the cat photo."""
     return _jpeg(_resized(cat_photo(), SMALL_SIZE))
 
 
-@lru_cache(maxsize=None)
+@cache
 def phone_jpeg() -> bytes:
     """A 4032×3024 (12 MP) JPEG made by upscaling the cat photo; ~1-2 MB, built in about a second."""
     return _jpeg(_resized(cat_photo(), PHONE_SIZE), quality=92)
 
 
-@lru_cache(maxsize=None)
+@cache
 def pool() -> tuple[PoolImage, ...]:
     cat = cat_photo()
     return (

@@ -126,7 +126,7 @@ class ClassifierUser(FastHttpUser):
         def validate(doc):
             if not isinstance(doc, list) or len(doc) != len(imgs):
                 raise Malformed(f"expected a list of {len(imgs)} results")
-            for result, img in zip(doc, imgs):
+            for result, img in zip(doc, imgs, strict=True):
                 check_result(result, img.expected_any)
 
         self._post(f"/predict x{MULTI_IMAGES}", f"/predict?top_k={TOP_K}",

@@ -198,7 +198,7 @@ class ImageIngress:
     async def _require_model_ready(self) -> dict:
         try:
             return await asyncio.wait_for(self._model.info.remote(), READY_TIMEOUT_S)
-        except (asyncio.TimeoutError, BackPressureError, RayActorError) as exc:
+        except (asyncio.TimeoutError, BackPressureError, RayActorError) as exc:  # noqa: UP041 - not builtin TimeoutError on 3.10
             raise NotReady(f"model is not ready: {type(exc).__name__}") from None
 
     # ---- REST prediction ---------------------------------------------------------------------

@@ -139,7 +139,7 @@ class RayCluster:
             *(f"--{flag}={port}" for flag, port in zip(
                 ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                  "node-manager-port", "object-manager-port", "ray-client-server-port"),
-                self._agent_ports)),
+                self._agent_ports, strict=False)),  # the agents take the first six
             "--min-worker-port=20000", "--max-worker-port=29999",
         ]
         try:

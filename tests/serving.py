@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import CAT_LABELS
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def predict_file(http: requests.Session, base_url: str, data: bytes, **params) -> requests.Response:

@@ -122,7 +122,7 @@ def is_subset(expected, actual, path: str = "") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [f"{path}: {actual!r} != {expected!r}"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in is_subset(e, a, f"{path}[{i}]")]
+        return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in is_subset(e, a, f"{path}[{i}]")]
     if expected != actual and str(expected) != str(actual):
         return [f"{path}: {actual!r} != {expected!r}"]
     return []

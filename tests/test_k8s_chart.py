@@ -22,11 +22,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import CRDS_DIR
 from kuberay_rules import cluster_spec_hash, gateway_names, rayservice_errors, serve_service
-from netpol import Peer, admits
-from netpol import selects as netpol_selects
+from netpol import Peer, admits, selects as netpol_selects
 from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]

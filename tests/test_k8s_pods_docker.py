@@ -26,10 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_k8s_chart as k8s_chart
 import yaml
 from conftest import CAT_LABELS
-
-import test_k8s_chart as k8s_chart
 from test_k8s_chart import one, render
 from tools import docker_daemon
 

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-
 from conftest import CAT_LABELS
 from serving import metric_total, predict_file, settled_metric, top1, wait_for_metric
 
@@ -48,7 +47,7 @@ def test_multi_image_request_equals_single_requests(http, base_url, cat_png, cof
         assert response.status_code == 200
         results = response.json()
         assert isinstance(results, list) and len(results) == 3
-        for got, want in zip(results, singles):
+        for got, want in zip(results, singles, strict=True):
             assert [p["class_id"] for p in got["predictions"]] == [p["class_id"] for p in want["predictions"]]
             np.testing.assert_allclose([p["score"] for p in got["predictions"]],
                                        [p["score"] for p in want["predictions"]], atol=1e-5)

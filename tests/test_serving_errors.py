@@ -6,9 +6,8 @@ import base64
 import json
 
 import pytest
-from PIL import Image
-
 from images import encode
+from PIL import Image
 from serving import assert_serving_normally
 
 

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from ray_cluster import load_serve_config
 from serving import assert_serving_normally, metric_total, predict_file, settled_metric, wait_for_metric
 

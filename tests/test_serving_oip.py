@@ -7,13 +7,13 @@ import base64
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from conftest import CAT_LABELS
+from ray_cluster import load_serve_config
 from tritonclient.utils import InferenceServerException
 
-from conftest import CAT_LABELS
 from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings
-from ray_cluster import load_serve_config
 
 MODEL = "mobilenet_v2"
 

@@ -6,10 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import CAT_LABELS
 from pydantic import ValidationError
 
-from conftest import CAT_LABELS
-from images import photo
 from serve_app import weights
 from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
@@ -132,6 +131,7 @@ def test_cuda_requested_without_a_gpu_fails_clearly():
 def test_serve_config_groups_fit_the_model_batch():
     """The ingress never sends a model call larger than the model's batch (Serve would refuse it)."""
     from ray_cluster import load_serve_config
+
     from serve_app.settings import IngressTuning
 
     deployments = {d["name"]: d for d in load_serve_config()["applications"][0]["deployments"]}

@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from promstack import MONITORING, REPO, rule_groups, tool, wait_ready  # noqa: E402
+from promstack import MONITORING, REPO, launch, rule_groups, tool  # noqa: E402
 
 PODMONITORS = sorted(MONITORING.glob("podmonitor-*.yaml"))
 CLUSTER_ENV = REPO / "cluster" / "cluster.env"
@@ -202,18 +202,10 @@ class ClusterPrometheus:
         self.discover()
         self._discovery = threading.Thread(target=self._discover_loop, daemon=True)
         self._discovery.start()
-        self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         # `ip netns exec` execs Prometheus in place: the pid is Prometheus' own.
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={self.host}:{self.port}",
-             "--storage.tsdb.retention.time=1d"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_ready(self.proc, self.url, self.dir / "prometheus.log", timeout_s)
-        except (RuntimeError, TimeoutError):
-            self.stop()
-            raise
+        launch(self, ["ip", "netns", "exec", self.netns, tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
+                      f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={self.host}:{self.port}",
+                      "--storage.tsdb.retention.time=1d"], timeout_s)
         return self
 
     def stop(self) -> None:

@@ -117,6 +117,18 @@ def boolify(expr: str) -> str:
     return "".join(out)
 
 
+def launch(owner, command: list[str], timeout_s: float) -> None:
+    """Start Prometheus (``command``) for ``owner`` (its ``dir``, ``url`` and ``stop()``), logging to
+    dir/prometheus.log, and wait until it is ready; stop it again if it never gets there."""
+    owner.log = open(owner.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in owner.stop()
+    owner.proc = subprocess.Popen(command, stdout=owner.log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(owner.proc, owner.url, owner.dir / "prometheus.log", timeout_s)
+    except (RuntimeError, TimeoutError):
+        owner.stop()
+        raise
+
+
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
     """Until the Prometheus at ``url`` (started as ``proc``, logging to ``log``) answers /-/ready."""
     deadline = time.monotonic() + timeout_s
@@ -162,18 +174,9 @@ class Prometheus:
             ],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            wait_ready(self.proc, self.url, self.dir / "prometheus.log", timeout_s)
-        except (RuntimeError, TimeoutError):
-            self.stop()
-            raise
+        launch(self, [tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
+                      f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                      "--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"], timeout_s)
         return self
 
     def stop(self) -> None:

@@ -86,7 +86,7 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
     fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(drawn):]:
         ax.axis("off")
-    for ax, (panel, lines) in zip(axes.flat, drawn):
+    for ax, (panel, lines) in zip(axes.flat, drawn, strict=False):  # more axes than panels
         peak = max(abs(v) for _, points in lines for _, v in points)
         factor, unit = _scale(panel["fieldConfig"]["defaults"].get("unit", ""), peak)
         for legend, points in lines[:8]:

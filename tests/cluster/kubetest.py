@@ -246,6 +246,16 @@ def wait_rayservice_ready(ns: str, name: str, timeout_s: float = 900) -> dict:
     return obj
 
 
+def install_until_ready(release: str, ns: str, name: str, *values: str, timeout_s: float = 900) -> float:
+    """`helm install` and wait for the RayService ``name`` Ready; returns (and prints) the seconds."""
+    start = time.monotonic()
+    helm_install(release, ns, *values)
+    wait_rayservice_ready(ns, name, timeout_s=timeout_s)
+    took = time.monotonic() - start
+    print(f"\nhelm install -> RayService Ready: {took:.0f} s")
+    return took
+
+
 def active_cluster(ns: str, name: str) -> str:
     return (rayservice(ns, name) or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", "")
 
@@ -493,7 +503,7 @@ def is_subset(expected, actual, path: str = "") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [f"{path}: {actual!r} != {expected!r}"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in is_subset(e, a, f"{path}[{i}]")]
+        return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in is_subset(e, a, f"{path}[{i}]")]
     if expected != actual and str(expected) != str(actual):
         return [f"{path}: {actual!r} != {expected!r}"]
     return []
@@ -505,7 +515,6 @@ def classify_cat(port: int, cat_png: bytes) -> dict:
     cat. Returns the top REST prediction and the OIP v2 top class."""
     import numpy as np
     import tritonclient.http as triton
-
     from conftest import CAT_LABELS
 
     wait_http_ok(f"http://127.0.0.1:{port}/ready")

@@ -10,6 +10,7 @@ import base64
 import sys
 import threading
 import time
+from itertools import pairwise
 
 import pytest
 import requests
@@ -197,7 +198,7 @@ def test_upgrade_and_rollback_under_load_fail_no_request(app, cat_png, tmp_path)
             unready_traffic: dict[str, float] = {}
             watching = threading.Event()
 
-            def watch():  # while a new pod is not ready, it must not have served anything
+            def watch(watching=watching, unready_traffic=unready_traffic):  # an unready new pod serves nothing
                 while not watching.is_set():
                     for name, p in live_pods(app, "app.kubernetes.io/component=serve").items():
                         if not is_ready(p) and p["status"].get("phase") == "Running":
@@ -290,7 +291,7 @@ def test_a_deleted_serving_pod_is_replaced_and_no_request_fails(app, cat_png):
             back = time.monotonic() - deleted
             wait_for(lambda: images_served(app, replacement) > 0, 120, f"{replacement} serving", poll_s=2)
         answered = sorted(t for t, _, ok in load.requests_log if ok and t > deleted)
-        gap = max(b - a for a, b in zip([deleted, *answered], answered))
+        gap = max(b - a for a, b in pairwise([deleted, *answered]))
     print(f"\npod loss: {load.summary()}; replacement Ready after {back:.0f} s; longest wait between answers "
           f"{gap:.1f} s")
     assert load.failed == 0, load.summary()

@@ -12,7 +12,6 @@ worker pod is replaced and the service serves at full capacity again.
 from __future__ import annotations
 
 import argparse
-import time
 
 import pytest
 from kubetest import (
@@ -21,10 +20,9 @@ from kubetest import (
     create_namespace,
     delete_namespace,
     get,
-    helm_install,
+    install_until_ready,
     wait_for,
     wait_http_ok,
-    wait_rayservice_ready,
 )
 
 from bench.cluster_rayservice import AUTOSCALING_VALUES, NAME, RELEASE, STEPS_DOWN, STEPS_UP, Bench, kt
@@ -36,10 +34,7 @@ pytestmark = pytest.mark.cluster
 def bench(cluster, tmp_path_factory):  # noqa: F811
     ns = create_namespace("autoscale")
     try:
-        start = time.monotonic()
-        helm_install(RELEASE, ns, *AUTOSCALING_VALUES)
-        wait_rayservice_ready(ns, NAME, timeout_s=900)
-        print(f"\nhelm install -> RayService Ready: {time.monotonic() - start:.0f} s")
+        install_until_ready(RELEASE, ns, NAME, *AUTOSCALING_VALUES)
         steps = Bench(argparse.Namespace(clients=2, spike_clients=10, out=tmp_path_factory.mktemp("rayservice")))
         steps.ns = ns
         steps.replicas = wait_for(steps.running_replicas, 300, "the model replicas RUNNING", poll_s=3)

@@ -30,7 +30,7 @@ from kubetest import (
     gateway,
     get,
     helm,
-    helm_install,
+    install_until_ready,
     is_subset,
     kuberay_events,
     port_forward,
@@ -41,7 +41,6 @@ from kubetest import (
     tag_image,
     wait_for,
     wait_http_ok,
-    wait_rayservice_ready,
 )
 
 pytestmark = pytest.mark.cluster
@@ -55,10 +54,7 @@ VALUES = ("helm-values/app-dev.yaml",)
 def dev(cluster):  # noqa: F811
     ns = create_namespace("dev")
     try:
-        start = time.monotonic()
-        helm_install(RELEASE, ns, *VALUES)
-        wait_rayservice_ready(ns, NAME, timeout_s=900)
-        print(f"\nhelm install -> RayService Ready: {time.monotonic() - start:.0f} s")
+        install_until_ready(RELEASE, ns, NAME, *VALUES)
         yield ns
     finally:
         delete_namespace(ns)

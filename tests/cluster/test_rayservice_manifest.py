@@ -17,8 +17,8 @@ from kubetest import (
     create_namespace,
     delete_namespace,
     get,
-    kuberay_events,
     kubectl,
+    kuberay_events,
     port_forward,
     wait_rayservice_ready,
 )
