@@ -304,11 +304,18 @@ def test_prometheus_scrapes_what_the_podmonitor_selects_and_the_dashboard_and_ru
     monitoring/podmonitor-*.yaml: its targets are exactly the pods and ports the API server selects
     with the PodMonitors' selectors, all up; under load the overview's queries return this
     namespace's data and every recording and alerting rule evaluates."""
+    rejected = []
+
     def load():
         with gateway(f"{NAME}.{app}.svc.cluster.local:8000", chart_default_image()) as port:
             wait_http_ok(f"http://127.0.0.1:{port}/ready")
             with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=60) as running:
-                time.sleep(60)
+                # A few undecodable uploads beside the load, so the rejection panel has data to show.
+                for _ in range(12):
+                    r = requests.post(f"http://127.0.0.1:{port}/predict",
+                                      files={"file": ("x.jpg", b"not an image")}, timeout=30)
+                    rejected.append((r.status_code, r.json().get("error", {}).get("code")))
+                    time.sleep(5)
             assert running.failed == 0 and running.ok > 20, running.summary()
         time.sleep(20)  # Ray exports application metrics every few seconds; two more scrapes
 
@@ -317,5 +324,6 @@ def test_prometheus_scrapes_what_the_podmonitor_selects_and_the_dashboard_and_ru
     # check_cluster_prometheus asserted targets == the selection at one moment; the pods may change
     # afterwards (an HPA scale-down of an earlier test's load), so no second snapshot is compared here.
     assert result["targets"], result
+    assert rejected and set(rejected) == {(400, "invalid_image")}, rejected
     served = [title for title in result["empty_panels"] if "request" in title.lower() or "latency" in title.lower()]
-    assert not served, f"panels without data under load: {result['empty_panels']}"
+    assert not served, f"panels without data under load (with rejections sent): {result['empty_panels']}"
