@@ -44,6 +44,8 @@ log = logging.getLogger("ray.serve")
 
 SERVICE_NAME = "image-classifier"
 READY_TIMEOUT_S = 2.0
+# The grouping decorator starts from IngressTuning's defaults; reconfigure applies the deployed user_config.
+_DEFAULT_TUNING = IngressTuning()
 
 app = FastAPI(
     title="Image classifier",
@@ -259,7 +261,8 @@ class ImageIngress:
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=256)
+    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
+                 batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s, max_concurrent_batches=256)
     async def _model_call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return list(await self._model.classify.remote(np.stack(arrays)))
 

@@ -22,6 +22,10 @@ from serve_app.settings import AppSettings, ModelTuning
 log = logging.getLogger("ray.serve")
 
 
+# The batch decorators start from ModelTuning's defaults; reconfigure applies the deployed user_config.
+_DEFAULT_TUNING = ModelTuning()
+
+
 def count_images(groups: list[np.ndarray]) -> int:
     """Batch size in images, not calls (``@serve.batch``'s ``batch_size_fn``)."""
     return sum(len(group) for group in groups)
@@ -72,12 +76,14 @@ class ImageClassifier:
             "tuning": self._tuning.model_dump(),
         }
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=count_images)
+    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
+                 batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
     async def classify(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities each."""
         return await self._run(self._classifier.predict_uint8, groups)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=count_images)
+    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
+                 batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
     async def classify_normalized(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities each."""
         return await self._run(self._classifier.predict_normalized, groups)
