@@ -1,5 +1,5 @@
 # Entry points; README.md documents them.
-.PHONY: setup tools run lint test cluster cluster-down cluster-clean cluster-test demo
+.PHONY: setup tools run status lint test cluster cluster-down cluster-clean cluster-test demo
 
 setup:            ## venv, pinned dependencies, offline pretrained weights
 	bash scripts/setup-python.sh
@@ -9,6 +9,9 @@ tools:            ## non-Python tools used by the tests (helm, promtool, ...)
 
 run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 	set -a && . ./serve.env && set +a && .venv/bin/serve run serve_config.yaml
+
+status:           ## from a second shell: serve status, serve config and the dashboard token of make run
+	bash scripts/status.sh
 
 lint: setup       ## ruff, with the rules pyproject.toml names
 	.venv/bin/ruff check .
