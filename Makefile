@@ -1,5 +1,5 @@
 # Entry points; README.md documents them.
-.PHONY: setup tools run status lint test cluster cluster-down cluster-clean cluster-test demo
+.PHONY: setup tools run status lint test test-unit cluster cluster-down cluster-clean cluster-test demo
 
 setup:            ## venv, pinned dependencies, offline pretrained weights
 	bash scripts/setup-python.sh
@@ -16,6 +16,9 @@ status:           ## from a second shell: serve status, serve config and the das
 lint: setup       ## ruff, with the rules pyproject.toml names
 	.venv/bin/ruff check .
 
+test-unit: setup   ## the unit tier only: pure logic, no Ray, Docker, torch or tools (tests/unit, seconds)
+	.venv/bin/python -m pytest -m unit tests/unit
+
 test: setup tools ## lint, then the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
@@ -31,7 +34,10 @@ cluster-down:     ## stop the cluster by pid and remove its state (logs stay in 
 cluster-clean: cluster-down ## also drop the cached binaries and the node's image store
 	bash cluster/clean.sh
 
-cluster-test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
+cluster-test-unit: setup   ## the unit tier only: pure logic, no Ray, Docker, torch or tools (tests/unit, seconds)
+	.venv/bin/python -m pytest -m unit tests/unit
+
+test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
 	.venv/bin/python -m pytest -m cluster
 
 demo: setup tools    ## the chart on the test cluster under load: spike + HPA, rolling update, pod loss, pictures (artifacts/demo/)

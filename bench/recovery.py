@@ -32,6 +32,8 @@ import psutil
 import requests
 import yaml
 
+from loadtest.images import CAT_LABELS
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -41,7 +43,6 @@ RENDERED_RAYSERVICE = REPO / "kuberay" / "rayservice.yaml"
 APP = "classifier"
 MODEL = "ImageClassifier"
 REPLICA_TITLE = f"ServeReplica:{APP}:{MODEL}"
-CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
 def rendered_serve_config(path: Path = RENDERED_RAYSERVICE) -> tuple[dict, str]:

@@ -1,41 +1,39 @@
-"""Shared fixtures: real photos, and one real Ray cluster serving the app for the whole session."""
+"""Shared fixtures: real photos, and one real Ray cluster serving the app for the whole session.
+
+The tests sit in one folder per tier, and each test carries its folder's marker (``pytest -m unit``):
+unit (pure logic, no Ray, no Docker, no torch), model (torch and the real weights), serving (a real Ray
+Serve), deploy (the chart with real Helm, the image in Docker), monitoring (real Prometheus and
+promtool), cluster (the real Kubernetes + KubeRay of ``make cluster``), smoke (your own cluster).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-import matplotlib
 import pytest
 import requests
-import skimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 
+from images import CAT_PHOTO, COFFEE_PHOTO, HOPPER_PHOTO  # noqa: E402
 from ray_cluster import RayCluster, load_serve_config  # noqa: E402
-
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
-MPL_DATA = Path(matplotlib.get_data_path()) / "sample_data"
-CRDS_DIR = Path(os.environ.get("SHARED_CRDS_DIR", Path(__file__).resolve().parents[2] / "shared" / "crds"))
-
-CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
 @pytest.fixture(scope="session")
 def cat_png() -> bytes:
-    return (SKIMAGE_DATA / "chelsea.png").read_bytes()
+    return CAT_PHOTO.read_bytes()
 
 
 @pytest.fixture(scope="session")
 def coffee_png() -> bytes:
-    return (SKIMAGE_DATA / "coffee.png").read_bytes()
+    return COFFEE_PHOTO.read_bytes()
 
 
 @pytest.fixture(scope="session")
 def hopper_jpg() -> bytes:
-    return (MPL_DATA / "grace_hopper.jpg").read_bytes()
+    return HOPPER_PHOTO.read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +53,19 @@ def base_url(ray_cluster) -> str:
 def http():
     with requests.Session() as session:
         yield session
+
+
+TIERS = ("unit", "model", "serving", "deploy", "monitoring", "cluster", "smoke")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier, the folder it sits in; a test outside the tier folders is an error."""
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        if len(parts) < 2 or parts[0] not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of the tier folders tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(parts[0])
 
 
 @pytest.hookimpl(hookwrapper=True)

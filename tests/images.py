@@ -7,6 +7,14 @@ import io
 import numpy as np
 from PIL import Image
 
+# The photos ship inside scikit-image and matplotlib (nothing committed); loadtest.images is the one
+# home of where they are and of the labels that count as "a cat".
+from loadtest.images import CAT_LABELS as CAT_LABELS, MPL_DATA, SKIMAGE_DATA
+
+CAT_PHOTO = SKIMAGE_DATA / "chelsea.png"
+COFFEE_PHOTO = SKIMAGE_DATA / "coffee.png"
+HOPPER_PHOTO = MPL_DATA / "grace_hopper.jpg"
+
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import requests
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 from prometheus_client.parser import text_string_to_metric_families
 
 

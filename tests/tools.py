@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The reference CRDs (KubeRay, prometheus-operator, Gateway API) beside the checkout.
+CRDS_DIR = Path(os.environ.get("SHARED_CRDS_DIR", REPO.parent / "shared" / "crds"))
 
 
 def tool_path(name: str) -> str:
@@ -33,3 +35,17 @@ def docker_daemon() -> Iterator[None]:
     finally:
         if "started" in started.stdout:
             subprocess.run(["bash", dockerd, "stop"], timeout=60)
+
+
+IMAGE_BUILD_TIMEOUT_S = 1500
+
+
+def build_image(image: str, **env: str) -> str:
+    """Build ``image`` the CI way (scripts/image/build.sh, IMAGE_PROFILE=offline; ``env`` adds to it, e.g.
+    EXTRA_CA_CERTS) inside a ``docker_daemon()`` block; Docker's cache makes an unchanged rebuild quick.
+    Returns build.sh's last line."""
+    full_env = {**os.environ, "IMAGE_PROFILE": "offline", "IMAGE": image, "BUILD_PROGRESS": "plain", **env}
+    build = subprocess.run(["bash", str(REPO / "scripts" / "image" / "build.sh")], env=full_env,
+                           capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT_S)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
+    return build.stdout.strip().splitlines()[-1]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install shellcheck (Debian package) for tests/test_k8s_scripts.py (idempotent).
+# Install shellcheck (Debian package) for tests/deploy/test_k8s_scripts.py (idempotent).
 set -euo pipefail
 if command -v shellcheck >/dev/null; then
   echo "shellcheck: $(shellcheck --version | awk '/^version:/{print $2}') already installed"

@@ -515,7 +515,7 @@ def classify_cat(port: int, cat_png: bytes) -> dict:
     cat. Returns the top REST prediction and the OIP v2 top class."""
     import numpy as np
     import tritonclient.http as triton
-    from conftest import CAT_LABELS
+    from images import CAT_LABELS
 
     wait_http_ok(f"http://127.0.0.1:{port}/ready")
     r = requests.post(f"http://127.0.0.1:{port}/predict", files={"file": ("cat.png", cat_png)}, timeout=60)

@@ -15,7 +15,7 @@ from itertools import pairwise
 import pytest
 import requests
 import yaml
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 from kubetest import (
     CHART,
     REPO,

@@ -114,10 +114,10 @@ def test_a_cat_photo_and_tritonclient_classify_through_the_serve_service(dev, ca
 
 
 def test_the_users_smoke_test_passes_against_this_release(dev):
-    """tests/test_cluster_smoke.py is what docs/SETUP.md gives users for their own cluster: it must
+    """tests/smoke/test_cluster_smoke.py is what docs/SETUP.md gives users for their own cluster: it must
     pass, with nothing skipped, against this real install."""
     proc = run(sys.executable, "-m", "pytest", "-m", "smoke", "-p", "no:cacheprovider", "-q",
-               str(REPO / "tests" / "test_cluster_smoke.py"), check=False, timeout=900,
+               str(REPO / "tests" / "smoke" / "test_cluster_smoke.py"), check=False, timeout=900,
                env={"APP_NAMESPACE": dev, "RELEASE": RELEASE, "VALUES": ",".join(VALUES), "READY_TIMEOUT_S": "300"})
     tail = proc.stdout[-3000:]
     assert proc.returncode == 0, tail

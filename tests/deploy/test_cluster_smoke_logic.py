@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster_smoke import HELM, by_kind, is_subset, serve_service_name
+from charts import by_kind, helm_path, is_subset, serve_service_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def render(*sets: str) -> list[dict]:
-    assert HELM.exists(), "helm missing: run scripts/tools/helm.sh"
-    args = [str(HELM), "template", "ray-serve-image-classifier", str(REPO / "kuberay" / "chart"), "-n", "ns"]
+    args = [helm_path(), "template", "ray-serve-image-classifier", str(REPO / "kuberay" / "chart"), "-n", "ns"]
     for s in sets:
         args += ["--set", s]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout

@@ -20,15 +20,14 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 from ray_cluster import free_port, load_serve_config
-from tools import docker_daemon
+from tools import build_image, docker_daemon
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 IMAGE = os.environ.get("IMAGE", "localhost/ray-serve-image-classifier:0.1.0")
 HADOLINT = REPO / ".tools" / "bin" / "hadolint"
-BUILD_TIMEOUT_S = 1500
 READY_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.slow
@@ -51,15 +50,10 @@ def test_ca(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def image(test_ca):
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
-    env = {**os.environ, "IMAGE_PROFILE": "offline", "IMAGE": IMAGE, "EXTRA_CA_CERTS": test_ca,
-           "BUILD_PROGRESS": "plain"}
     begin = time.monotonic()
     with docker_daemon():
-        build = subprocess.run(["bash", str(REPO / "scripts/image/build.sh")], env=env, capture_output=True,
-                               text=True, timeout=BUILD_TIMEOUT_S)
-        assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
-        print(f"\nimage build (incl. base): {time.monotonic() - begin:.1f} s; "
-              f"{build.stdout.strip().splitlines()[-1]}", flush=True)
+        last = build_image(IMAGE, EXTRA_CA_CERTS=test_ca)
+        print(f"\nimage build (incl. base): {time.monotonic() - begin:.1f} s; {last}", flush=True)
         yield IMAGE
 
 

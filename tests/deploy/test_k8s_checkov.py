@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_k8s_chart import CASES, REPO, by_kind, render
+from charts import CASES, REPO, by_kind, render
 from tools import tool_path
 
 CHECKOV_CONFIG = REPO / "kuberay" / "checkov.yaml"

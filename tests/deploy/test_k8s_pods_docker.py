@@ -11,7 +11,7 @@ ConfigMap env, Secret files, emptyDirs, security context, CPU/memory limits) tra
   `num-cpus: "0"`), the worker's proxy classifies the cat, both pods export metrics on port `metrics`, and the
   worker's preStop hook drains it.
 
-Needs Docker and the image (tests/test_image_container.py builds it; so does scripts/image/build.sh).
+Needs Docker; the image is built here (scripts/image/build.sh) unless one from this tree's\nserve_config.yaml is there already (tests/deploy/test_image_container.py builds it too).
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import test_k8s_chart as k8s_chart
 import yaml
-from conftest import CAT_LABELS
-from test_k8s_chart import one, render
-from tools import docker_daemon
+from charts import CHART, RELEASE, one, render, run_helm
+from images import CAT_LABELS
+from tools import build_image, docker_daemon
 
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.slow
@@ -108,13 +107,18 @@ def image() -> Iterator[str]:
     assert Path(DOCKER).exists(), f"{DOCKER} missing: run scripts/tools/docker.sh"
     with docker_daemon():
         image = one(render("deployment"), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert docker("image", "inspect", image, check=False).returncode == 0, (
-            f"image {image} not built: run scripts/image/build.sh (or tests/test_image_container.py)")
-        baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
-                       "/app/serve_config.yaml").stdout
-        assert baked.decode() == (REPO / "serve_config.yaml").read_text(), (
-            f"image {image} is older than serve_config.yaml: rebuild it (scripts/image/build.sh)")
+        if not image_is_current(image):  # not built yet (this module runs alone) or older than the tree
+            print(f"\nbuilding {image}: {build_image(image)}", flush=True)
+        assert image_is_current(image), f"image {image} does not hold this tree's serve_config.yaml"
         yield image
+
+
+def image_is_current(image: str) -> bool:
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        return False
+    baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
+                   "/app/serve_config.yaml", check=False).stdout
+    return baked.decode() == (REPO / "serve_config.yaml").read_text()
 
 
 def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_png, tmp_path):
@@ -197,8 +201,8 @@ def kuberay_command(group: dict, container: dict, head_address: str | None) -> s
 def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_png):
     # A single worker cannot hand its replicas to another node, so its drain always runs to the timeout:
     # a short one keeps the test short (the default, 60 s, is checked against the grace period elsewhere).
-    docs = [d for d in yaml.safe_load_all(k8s_chart.run_helm(
-        "template", k8s_chart.RELEASE, str(k8s_chart.CHART), "--set", "ray.worker.drainTimeoutSeconds=10").stdout) if d]
+    docs = [d for d in yaml.safe_load_all(run_helm(
+        "template", RELEASE, str(CHART), "--set", "ray.worker.drainTimeoutSeconds=10").stdout) if d]
     service = one(docs, "RayService")
     settings = one(docs, "ConfigMap")["data"]
     cluster = service["spec"]["rayClusterConfig"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "scripts" / "k8s").glob("*.sh")) + [
     REPO / "scripts" / "tools" / name for name in ("helm.sh", "checkov.sh", "shellcheck.sh")]
 DOCS = [REPO / "docs" / name for name in ("SETUP.md", "OPERATIONS.md", "TROUBLESHOOTING.md", "ARCHITECTURE.md")]
@@ -106,4 +106,4 @@ def test_image_defaults_are_the_charts_default_image():
     assert image.startswith("localhost/")
     assert versions()["IMAGE"] == "${IMAGE:-" + image + "}"
     assert f"IMAGE=${{IMAGE:-{image}}}" in (REPO / "scripts" / "image" / "build.sh").read_text()
-    assert f'"IMAGE", "{image}"' in (REPO / "tests" / "test_image_container.py").read_text()
+    assert f'"IMAGE", "{image}"' in (REPO / "tests" / "deploy" / "test_image_container.py").read_text()

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 
 from bench.recovery import RENDERED_RAYSERVICE, run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECOVERY_TARGET_S = 30
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import CRDS_DIR
+from tools import CRDS_DIR
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "monitoring"))
 
 import export_ray_dashboards
 import overview_dashboard

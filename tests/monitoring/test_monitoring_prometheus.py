@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "monitoring"))
 
 import promstack
 from promstack import LOCAL_LABELS, Prometheus, boolify, drive_load, is_cluster_only, panels, substitute

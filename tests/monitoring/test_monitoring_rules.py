@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "monitoring"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "monitoring"))
 
 from promstack import MONITORING, REPO, rule_groups, tool
 

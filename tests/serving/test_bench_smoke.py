@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_measures_every_figure(ray_cluster, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = {"/predict multipart", "/predict raw", "/predict x4", "/v2 infer"}
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 from serving import metric_total, predict_file, settled_metric, top1, wait_for_metric
 
 

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import CAT_LABELS
+from images import CAT_LABELS
 from ray_cluster import load_serve_config
 from tritonclient.utils import InferenceServerException
 

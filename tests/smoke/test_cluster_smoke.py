@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CAT_LABELS
+from charts import by_kind, is_subset, serve_service_name
+from images import CAT_LABELS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELM = REPO / ".tools" / "bin" / "helm"
 NAMESPACE = os.environ.get("APP_NAMESPACE", "image-classifier")
 RELEASE = os.environ.get("RELEASE", "ray-serve-image-classifier")
@@ -68,10 +69,6 @@ def rendered(api_client) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
-
-
 def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 5):
     deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
@@ -110,22 +107,6 @@ def workload_ready(api_client, rendered) -> dict:
 
     status = wait_for(available, READY_TIMEOUT_S, f"Deployment {name} Available")
     return {"mode": "deployment", "name": name, "status": status}
-
-
-def is_subset(expected, actual, path: str = "") -> list[str]:
-    """Where the rendered value is not in the live object (the API server adds defaults, so only the
-    rendered fields are compared)."""
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return [f"{path}: {actual!r} is not a mapping"]
-        return [d for k, v in expected.items() for d in is_subset(v, actual.get(k), f"{path}.{k}")]
-    if isinstance(expected, list):
-        if not isinstance(actual, list) or len(actual) != len(expected):
-            return [f"{path}: {actual!r} != {expected!r}"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in is_subset(e, a, f"{path}[{i}]")]
-    if expected != actual and str(expected) != str(actual):
-        return [f"{path}: {actual!r} != {expected!r}"]
-    return []
 
 
 CHECKED_SPECS = {"Service": "spec.ports", "HorizontalPodAutoscaler": "spec", "PodDisruptionBudget": "spec",
@@ -182,14 +163,6 @@ def test_serving_pods_are_running_and_ready(api_client, rendered, workload_ready
     not_ready = [p.metadata.name for p in pods if p.status.phase == "Running"
                  and not all(c.ready for c in p.status.container_statuses or [])]
     assert not not_ready, not_ready
-
-
-def serve_service_name(rendered: list[dict], mode: str) -> str:
-    if mode == "rayservice":
-        return f"{by_kind(rendered, 'RayService')[0]['metadata']['name']}-serve-svc"  # KubeRay's name
-    [svc] = [s for s in by_kind(rendered, "Service")
-             if any(p.get("name") == "serve" for p in s["spec"]["ports"])]
-    return svc["metadata"]["name"]
 
 
 def test_predict_a_cat_through_a_port_forward(api_client, rendered, workload_ready, cat_png):

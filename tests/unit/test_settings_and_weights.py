@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
-from conftest import CAT_LABELS
 from pydantic import ValidationError
 
 from serve_app import weights
-from serve_app.classifier import Classifier
-from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings, ModelTuning
 
 
@@ -83,49 +79,6 @@ def test_local_file_weights_with_sha(tmp_path):
 def test_prefetch_cli_works_offline_from_the_cache(capsys):
     assert weights.main(["prefetch", "--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1"]) == 0
     assert "IMAGENET1K_V1" in capsys.readouterr().out
-
-
-@pytest.fixture(scope="module")
-def classifiers():
-    return {mode: Classifier(AppSettings(optimize=mode)) for mode in ("eager", "torchscript")}
-
-
-def test_classifier_recognises_the_cat_in_both_modes(classifiers, cat_png):
-    info = classifiers["eager"].info
-    image = decode_image(cat_png, info.preprocessing, 40_000_000)[None]
-    eager = classifiers["eager"].predict_uint8(image)
-    scripted = classifiers["torchscript"].predict_uint8(image)
-    assert info.categories[int(eager.argmax())] in CAT_LABELS
-    np.testing.assert_allclose(scripted, eager, atol=1e-4)
-    assert abs(float(eager.sum()) - 1.0) < 1e-4
-
-
-def test_uint8_and_normalised_inputs_agree(classifiers, coffee_png):
-    clf = classifiers["torchscript"]
-    image = decode_image(coffee_png, clf.info.preprocessing, 40_000_000)[None]
-    mean = np.array(clf.info.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.array(clf.info.std, np.float32).reshape(1, 3, 1, 1)
-    normalised = ((image.transpose(0, 3, 1, 2) / 255.0 - mean) / std).astype(np.float32)
-    np.testing.assert_allclose(clf.predict_normalized(normalised), clf.predict_uint8(image), atol=1e-4)
-    assert clf.info.categories[int(clf.predict_uint8(image).argmax())] == "espresso"
-
-
-def test_batched_rows_equal_single_rows(classifiers, cat_png, coffee_png, hopper_jpg):
-    clf = classifiers["torchscript"]
-    images = np.stack([decode_image(d, clf.info.preprocessing, 40_000_000)
-                       for d in (cat_png, coffee_png, hopper_jpg)])
-    batched = clf.predict_uint8(images)
-    for i in range(3):
-        np.testing.assert_allclose(batched[i], clf.predict_uint8(images[i : i + 1])[0], atol=1e-4)
-
-
-def test_cuda_requested_without_a_gpu_fails_clearly():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        Classifier(AppSettings(device="cuda"))
 
 
 def test_serve_config_groups_fit_the_model_batch():
