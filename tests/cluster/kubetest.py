@@ -493,22 +493,6 @@ def pod_metric(ns: str, pod: str, port: int, name: str, **labels) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def is_subset(expected, actual, path: str = "") -> list[str]:
-    """Where a rendered value is not in the live object (the API server adds defaults, so only the
-    rendered fields are compared)."""
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return [f"{path}: {actual!r} is not a mapping"]
-        return [d for k, v in expected.items() for d in is_subset(v, actual.get(k), f"{path}.{k}")]
-    if isinstance(expected, list):
-        if not isinstance(actual, list) or len(actual) != len(expected):
-            return [f"{path}: {actual!r} != {expected!r}"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in is_subset(e, a, f"{path}[{i}]")]
-    if expected != actual and str(expected) != str(actual):
-        return [f"{path}: {actual!r} != {expected!r}"]
-    return []
-
-
 # --- what a client of the service sees ----------------------------------------------------------------------
 def classify_cat(port: int, cat_png: bytes) -> dict:
     """REST /predict and OIP v2 (the real tritonclient) through a port on 127.0.0.1: both must name a

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import yaml
+from charts import is_subset
 from kubetest import (
     CHART,
     REPO,
@@ -31,7 +32,6 @@ from kubetest import (
     get,
     helm,
     install_until_ready,
-    is_subset,
     kuberay_events,
     port_forward,
     rayservice,
