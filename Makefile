@@ -34,10 +34,7 @@ cluster-down:     ## stop the cluster by pid and remove its state (logs stay in 
 cluster-clean: cluster-down ## also drop the cached binaries and the node's image store
 	bash cluster/clean.sh
 
-cluster-test-unit: setup   ## the unit tier only: pure logic, no Ray, Docker, torch or tools (tests/unit, seconds)
-	.venv/bin/python -m pytest -m unit tests/unit
-
-test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
+cluster-test: setup tools ## the tests on the running cluster (pytest -m cluster; after make cluster)
 	.venv/bin/python -m pytest -m cluster
 
 demo: setup tools    ## the chart on the test cluster under load: spike + HPA, rolling update, pod loss, pictures (artifacts/demo/)

@@ -35,6 +35,21 @@ def test_makefile_steps_run_existing_scripts():
         assert (REPO / script).is_file(), script
 
 
+def test_top_makefile_targets_are_defined_once_and_run_what_readme_says():
+    """`make test` is what .ci/run runs: lint, the first tier, then the cluster tier around a cluster of its own;
+    `make test-unit` only the unit tier; a recipe defined twice (make keeps the last one) is an error."""
+    def dry(target: str) -> list[str]:
+        out = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+        return out.stdout.splitlines()
+    test = dry("test")
+    assert test[-3:] == [".venv/bin/ruff check .", ".venv/bin/python -m pytest",
+                         "bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster"], test
+    assert dry("test-unit")[-1] == ".venv/bin/python -m pytest -m unit tests/unit"
+    assert dry("cluster-test")[-1] == ".venv/bin/python -m pytest -m cluster"
+    assert dry("status") == ["bash scripts/status.sh"]
+
+
 def versions() -> dict[str, str]:
     pins = {}
     for line in (REPO / "scripts" / "k8s" / "versions.env").read_text().splitlines():
