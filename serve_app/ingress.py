@@ -35,7 +35,7 @@ from serve_app.errors import (
 )
 from serve_app.imaging import SUPPORTED_FORMATS, decode_image
 from serve_app.metrics import ingress_metrics
-from serve_app.predictions import ImageResult, ServiceInfo, top_k
+from serve_app.predictions import MAX_TOP_K, ImageResult, ServiceInfo, top_k
 from serve_app.request_parsing import ACCEPTED_CONTENT_TYPES, parse_predict_body
 from serve_app.settings import AppSettings, IngressTuning
 from serve_app.weights import describe
@@ -97,7 +97,7 @@ _PREDICT_BODY_DOC = {
                     "type": "object",
                     "properties": {
                         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
                     },
                     "required": ["file"],
                 }
@@ -109,7 +109,7 @@ _PREDICT_BODY_DOC = {
                     "properties": {
                         "image": {"type": "string", "format": "byte"},
                         "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
                     },
                 }
             },
@@ -181,7 +181,7 @@ class ImageIngress:
             "input_size": [3, crop, crop],
             "resize_size": self._weights.preprocessing.resize_size,
             "default_top_k": self._tuning.default_top_k,
-            "max_top_k": 1000,
+            "max_top_k": MAX_TOP_K,
             "max_body_bytes": self._limits.max_body_bytes,
             "max_images_per_request": self._limits.max_images_per_request,
             "max_image_pixels": self._limits.max_image_pixels,
@@ -215,7 +215,7 @@ class ImageIngress:
     async def predict(
         self,
         request: Request,
-        top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=1000)] = None,
+        top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     ) -> Response:
         body = await read_body(request, self._limits.max_body_bytes)
         self._metrics.request_bytes.observe(len(body), tags={"route": "/predict"})

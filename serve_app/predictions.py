@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
+# The largest top_k any route accepts (the model has 1000 classes; a request for more gets at most all).
+MAX_TOP_K = 1000
+
 
 class Prediction(BaseModel):
     label: str

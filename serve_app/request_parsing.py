@@ -17,6 +17,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from serve_app.errors import BadRequest, InvalidParameter, TooManyImages, UnsupportedMediaType
+from serve_app.predictions import MAX_TOP_K
 
 ACCEPTED_CONTENT_TYPES = "multipart/form-data, application/json, image/*, application/octet-stream"
 FILE_FIELD = "file"
@@ -36,7 +37,7 @@ class JsonPredictBody(BaseModel):
 
     image: str | None = None
     images: list[str] | None = None
-    top_k: int | None = Field(None, ge=1, le=1000)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> JsonPredictBody:
@@ -146,6 +147,6 @@ def parse_top_k(text: str) -> int:
         value = int(text)
     except ValueError:
         raise InvalidParameter(f"top_k must be an integer, got {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise InvalidParameter(f"top_k must be between 1 and 1000, got {value}")
+    if not 1 <= value <= MAX_TOP_K:
+        raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {value}")
     return value

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve_app.imaging import PIL_MAX_IMAGE_PIXELS
+from serve_app.predictions import MAX_TOP_K
 
 MiB = 1024 * 1024
 
@@ -75,7 +76,7 @@ class IngressTuning(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default_top_k: int = Field(5, ge=1, le=1000)
+    default_top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     max_images_per_model_call: int = Field(
         8, ge=1, le=512,
         description="Decoded images sent to the model in one call; keep <= the model's max_batch_size.",
