@@ -3,7 +3,7 @@
     python -m bench.autoscale [--config bench/configs/autoscale.yaml] [--users 20] [--duration 100]
                               [--out artifacts/bench/autoscale] [--smoke]
 
-Starts a real Ray cluster (``tests/ray_cluster.py``), deploys the config as KubeRay does, runs the
+Starts a real Ray cluster (``harness/ray_cluster.py``), deploys the config as KubeRay does, runs the
 Locust spike shape (``python -m loadtest.run --shape spike``, its own process) and meanwhile polls the
 dashboard's Serve API (``/api/serve/applications/``, with the cluster's token) every 0.5 s for the
 model deployment's replicas and their states. A new replica "serves traffic" from the first poll at
@@ -198,8 +198,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     params = ShapeParams(users=args.users, duration_s=args.duration)
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from ray_cluster import RayCluster, serve_env
+    from harness.ray_cluster import RayCluster, serve_env
 
     config = yaml.safe_load(args.config.read_text())
     samples_path = args.out / "samples.csv"

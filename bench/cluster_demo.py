@@ -38,13 +38,12 @@ from pathlib import Path
 
 import skimage
 
-from tests.cluster import kubetest as kt
+from harness import kubetest as kt
+from harness.cluster_prometheus import ClusterPrometheus
+from harness.promstack import dashboard, is_cluster_only, panels, substitute
+from harness.render_overview import render
 
 REPO = kt.REPO
-sys.path.insert(0, str(REPO / "scripts" / "monitoring"))
-from cluster_prometheus import ClusterPrometheus  # noqa: E402
-from promstack import dashboard, is_cluster_only, panels, substitute  # noqa: E402
-from render_overview import render  # noqa: E402
 
 RELEASE = "classifier"
 NAME = "classifier-ray-serve-image-classifier"

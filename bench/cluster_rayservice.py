@@ -9,7 +9,7 @@ autoscaling 2-4 model replicas, the Ray autoscaler 1-2 workers) into its own nam
 KubeRay points at the serving cluster. With a closed-loop load running throughout each step:
 
 1. steady load: requests per Ray pod (proxy) and per model replica (Ray Serve's own counters), with
-   Debian's Prometheus scraping what the PodMonitors select (scripts/monitoring/cluster_prometheus.py):
+   Debian's Prometheus scraping what the PodMonitors select (harness/cluster_prometheus.py):
    targets == selection, all up, the overview dashboard's queries answered, every rule evaluating;
 2. autoscaling (--spike-clients): Serve's decision, the Ray autoscaler raising the RayCluster's worker
    count, the worker pod created / scheduled / Ready, the Ray node ALIVE, a model replica RUNNING on it
@@ -38,11 +38,10 @@ import skimage
 import yaml
 
 from bench.cluster_demo import Timeline, iso, load_figures, longest_gap, replica_requests, settle
-from tests.cluster import kubetest as kt
+from harness import kubetest as kt
+from harness.cluster_prometheus import ClusterPrometheus
 
 REPO = kt.REPO
-sys.path.insert(0, str(REPO / "scripts" / "monitoring"))
-from cluster_prometheus import ClusterPrometheus  # noqa: E402
 
 RELEASE = "classifier"
 NAME = "classifier-ray-serve-image-classifier"

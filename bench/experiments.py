@@ -17,11 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.ray_cluster import RayCluster, load_serve_config
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bench" / "configs"
-sys.path.insert(0, str(REPO / "tests"))
-
-from ray_cluster import RayCluster, load_serve_config  # noqa: E402
 
 # (cluster env, [(name, config path or None for serve_config.yaml, extra bench.serving args)])
 PLAN = [

@@ -3,7 +3,7 @@
     python -m bench.recovery [--clients 4] [--json artifacts/kuberay_behaviour.json]
                              [--model-option health_check_period_s=2 ...]
 
-Starts a Ray head the way KubeRay starts a head pod (tests/ray_cluster.py), PUTs the serveConfigV2 of the
+Starts a Ray head the way KubeRay starts a head pod (harness/ray_cluster.py), PUTs the serveConfigV2 of the
 rendered ``kuberay/rayservice.yaml`` to the dashboard (what the operator does), and under a bounded
 concurrent load of cat predictions on 127.0.0.1:
 
@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -32,12 +31,10 @@ import psutil
 import requests
 import yaml
 
+from harness.ray_cluster import RayCluster, load_serve_config
 from loadtest.images import CAT_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from ray_cluster import RayCluster, load_serve_config  # noqa: E402
 
 RENDERED_RAYSERVICE = REPO / "kuberay" / "rayservice.yaml"
 APP = "classifier"

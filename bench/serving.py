@@ -8,7 +8,7 @@ Measures, on the machine it runs on:
   (a) the pipeline limit (``bench.pipeline``): decode+preprocess + forward per image at the best batch
       size, outside Ray, with the same total cores the server gets;
   (b) served images/s and p50/p99 at each concurrency through the real HTTP path (a real Ray cluster
-      from ``tests/ray_cluster.py`` with the Serve config deployed as KubeRay does, or ``--url``),
+      from ``harness/ray_cluster.py`` with the Serve config deployed as KubeRay does, or ``--url``),
       driven by a separate closed-loop client process (``bench.loadgen``) whose own CPU use is
       reported;
   (c) served / limit; (d) the same for a 12 MP JPEG vs a 500×375 JPEG; (e) RSS per replica and the
@@ -33,12 +33,10 @@ import requests
 import yaml
 
 from bench.pipeline import PipelineSpec, measure
+from harness.ray_cluster import RayCluster, cluster_processes, serve_env
 from loadtest.images import phone_jpeg, small_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from ray_cluster import RayCluster, cluster_processes, serve_env  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "serve_config.yaml"
 APP = "classifier"

@@ -47,8 +47,7 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(config, fh)
     serve = str(Path(sys.executable).with_name("serve"))
-    sys.path.insert(0, str(REPO / "tests"))
-    from ray_cluster import serve_env  # what `make run` exports from serve.env
+    from harness.ray_cluster import serve_env  # what `make run` exports from serve.env
 
     env = {**os.environ, **serve_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     started = time.perf_counter()

@@ -4,21 +4,18 @@ The tests sit in one folder per tier, and each test carries its folder's marker 
 unit (pure logic, no Ray, no Docker, no torch), model (torch and the real weights), serving (a real Ray
 Serve), deploy (the chart with real Helm, the image in Docker), monitoring (real Prometheus and
 promtool), cluster (the real Kubernetes + KubeRay of ``make cluster``), smoke (your own cluster).
+The helpers they share with the benches and scripts are the ``harness`` package.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "cluster"))
-
-from images import CAT_PHOTO, COFFEE_PHOTO, HOPPER_PHOTO  # noqa: E402
-from ray_cluster import RayCluster, load_serve_config  # noqa: E402
+from harness.images import CAT_PHOTO, COFFEE_PHOTO, HOPPER_PHOTO
+from harness.ray_cluster import RayCluster, load_serve_config
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +71,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed and item.get_closest_marker("cluster"):
-        from kubetest import diagnostics
+        from harness.kubetest import diagnostics
 
         try:
             report.sections.append(("cluster diagnostics", diagnostics()))

@@ -1,6 +1,6 @@
 """Measure the resident memory of each Serve replica and Ray process of the classifier, to size pods.
 
-Starts a real single-node Ray cluster (tests/ray_cluster.py, the way KubeRay starts a head), deploys the
+Starts a real single-node Ray cluster (harness/ray_cluster.py, the way KubeRay starts a head), deploys the
 repo's serve_config.yaml, sends a few predictions so the model is warm, and prints RSS/USS per process
 role. Run it under the shared lock: `flock /tmp/heavy.lock .venv/bin/python scripts/k8s/measure_replica_memory.py`.
 """
@@ -8,7 +8,6 @@ role. Run it under the shared lock: `flock /tmp/heavy.lock .venv/bin/python scri
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,10 +16,9 @@ import psutil
 import requests
 import skimage
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from harness.ray_cluster import RayCluster, load_serve_config
 
-from ray_cluster import RayCluster, load_serve_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 MiB = 1024 * 1024
 

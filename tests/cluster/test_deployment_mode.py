@@ -7,7 +7,6 @@ way an ingress controller sends it, and is counted per pod from each pod's own m
 from __future__ import annotations
 
 import base64
-import sys
 import threading
 import time
 from itertools import pairwise
@@ -15,8 +14,10 @@ from itertools import pairwise
 import pytest
 import requests
 import yaml
-from images import CAT_LABELS
-from kubetest import (
+
+from harness.cluster_prometheus import ClusterPrometheus
+from harness.images import CAT_LABELS
+from harness.kubetest import (
     CHART,
     REPO,
     Load,
@@ -39,9 +40,6 @@ from kubetest import (
     wait_for,
     wait_http_ok,
 )
-
-sys.path.insert(0, str(REPO / "scripts" / "monitoring"))
-from cluster_prometheus import ClusterPrometheus  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

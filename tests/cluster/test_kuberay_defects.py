@@ -21,7 +21,8 @@ import time
 
 import pytest
 import yaml
-from kubetest import (
+
+from harness.kubetest import (
     REPO,
     active_cluster,
     chart_default_image,

@@ -13,7 +13,8 @@ import shlex
 import time
 
 import pytest
-from kubetest import (
+
+from harness.kubetest import (
     REPO,
     chart_default_image,
     cluster,  # noqa: F401 - fixture

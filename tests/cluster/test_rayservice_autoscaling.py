@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from kubetest import (
+
+from bench.cluster_rayservice import AUTOSCALING_VALUES, NAME, RELEASE, STEPS_DOWN, STEPS_UP, Bench
+from harness.kubetest import (
     chart_default_image,
     cluster,  # noqa: F401 - fixture
     create_namespace,
     delete_namespace,
+    gateway,
     get,
     install_until_ready,
     wait_for,
     wait_http_ok,
 )
-
-from bench.cluster_rayservice import AUTOSCALING_VALUES, NAME, RELEASE, STEPS_DOWN, STEPS_UP, Bench, kt
 
 pytestmark = pytest.mark.cluster
 
@@ -38,9 +39,7 @@ def bench(cluster, tmp_path_factory):  # noqa: F811
         steps = Bench(argparse.Namespace(clients=2, spike_clients=10, out=tmp_path_factory.mktemp("rayservice")))
         steps.ns = ns
         steps.replicas = wait_for(steps.running_replicas, 300, "the model replicas RUNNING", poll_s=3)
-        # The bench's own kubetest module (imported as tests.cluster.kubetest), so that the steps see
-        # the gateway's port-forward restarts.
-        with kt.gateway(f"{NAME}-serve-svc.{ns}.svc.cluster.local:8000", chart_default_image()) as steps.port:
+        with gateway(f"{NAME}-serve-svc.{ns}.svc.cluster.local:8000", chart_default_image()) as steps.port:
             wait_http_ok(f"http://127.0.0.1:{steps.port}/ready")
             yield steps
         print("\n" + steps.tl.text())

@@ -16,8 +16,9 @@ import time
 
 import pytest
 import yaml
-from charts import is_subset
-from kubetest import (
+
+from harness.charts import is_subset
+from harness.kubetest import (
     CHART,
     REPO,
     Load,

@@ -10,7 +10,8 @@ import time
 
 import pytest
 import yaml
-from kubetest import (
+
+from harness.kubetest import (
     REPO,
     classify_cat,
     cluster,  # noqa: F401 - fixture

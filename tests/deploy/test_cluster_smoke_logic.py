@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from charts import by_kind, helm_path, is_subset, serve_service_name
+
+from harness.charts import by_kind, helm_path, is_subset, serve_service_name
 
 REPO = Path(__file__).resolve().parents[2]
 

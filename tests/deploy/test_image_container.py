@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from images import CAT_LABELS
-from ray_cluster import free_port, load_serve_config
-from tools import build_image, docker_daemon
+
+from harness.images import CAT_LABELS
+from harness.ray_cluster import free_port, load_serve_config
+from harness.tools import build_image, docker_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")

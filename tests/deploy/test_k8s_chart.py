@@ -22,7 +22,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from charts import (
+
+from harness.charts import (
     CASES,
     CHART,
     HELM_VALUES,
@@ -40,9 +41,9 @@ from charts import (
     render_with,
     run_helm,
 )
-from kuberay_rules import cluster_spec_hash, gateway_names, rayservice_errors, serve_service
-from netpol import Peer, admits, selects as netpol_selects
-from tools import CRDS_DIR
+from harness.kuberay_rules import cluster_spec_hash, gateway_names, rayservice_errors, serve_service
+from harness.netpol import Peer, admits, selects as netpol_selects
+from harness.tools import CRDS_DIR
 
 # ----------------------------------------------------------------------------------------- helm itself
 

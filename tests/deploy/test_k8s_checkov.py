@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from charts import CASES, REPO, by_kind, render
-from tools import tool_path
+
+from harness.charts import CASES, REPO, by_kind, render
+from harness.tools import tool_path
 
 CHECKOV_CONFIG = REPO / "kuberay" / "checkov.yaml"
 RAY_PODS_CONFIG = REPO / "kuberay" / "checkov-ray-pods.yaml"

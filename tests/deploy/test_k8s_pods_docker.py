@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from charts import CHART, RELEASE, one, render, run_helm
-from images import CAT_LABELS
-from tools import build_image, docker_daemon
+
+from harness.charts import CHART, RELEASE, one, render, run_helm
+from harness.images import CAT_LABELS
+from harness.tools import build_image, docker_daemon
 
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from images import CAT_LABELS
 
 from bench.recovery import RENDERED_RAYSERVICE, run
+from harness.images import CAT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 RECOVERY_TARGET_S = 30

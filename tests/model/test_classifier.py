@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from images import CAT_LABELS
 
+from harness.images import CAT_LABELS
 from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings

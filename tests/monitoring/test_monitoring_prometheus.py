@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "monitoring"))
-
-import promstack
-from promstack import LOCAL_LABELS, Prometheus, boolify, drive_load, is_cluster_only, panels, substitute
+from harness import promstack
+from harness.promstack import (
+    LOCAL_LABELS,
+    Prometheus,
+    boolify,
+    drive_load,
+    is_cluster_only,
+    panels,
+    substitute,
+)
 
 VARIABLES = {"namespace": LOCAL_LABELS["namespace"], "cluster": LOCAL_LABELS["ray_io_cluster"],
              "application": "classifier", "datasource": "Prometheus"}
@@ -265,7 +269,7 @@ def test_ray_dashboards_queries_parse(loaded):
 
 def test_render_overview_png(loaded, tmp_path):
     """The docs renderer draws the main panels from this Prometheus' data."""
-    import render_overview
+    from harness import render_overview
 
     out = tmp_path / "overview.png"
     drawn = render_overview.render(loaded["prom"].url, out, start=loaded["start"] - 30, end=time.time(),

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "monitoring"))
-
-from promstack import MONITORING, REPO, rule_groups, tool
+from harness.promstack import MONITORING, REPO, rule_groups, tool
 
 TESTS = sorted((MONITORING / "tests").glob("*.test.yaml"))
 OPERATIONS = REPO / "docs" / "OPERATIONS.md"

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import requests
 import yaml
-from ray_cluster import serve_env
+
+from harness.ray_cluster import serve_env
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / ".venv" / "bin" / "serve"

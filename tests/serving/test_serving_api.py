@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-from images import CAT_LABELS
-from serving import metric_total, predict_file, settled_metric, top1, wait_for_metric
+
+from harness.images import CAT_LABELS
+from harness.serving import metric_total, predict_file, settled_metric, top1, wait_for_metric
 
 
 def test_cat_photo_is_a_cat(http, base_url, cat_png):

@@ -6,9 +6,10 @@ import base64
 import json
 
 import pytest
-from images import encode
 from PIL import Image
-from serving import assert_serving_normally
+
+from harness.images import encode
+from harness.serving import assert_serving_normally
 
 
 def big_png() -> bytes:

@@ -7,8 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from ray_cluster import load_serve_config
-from serving import assert_serving_normally, metric_total, predict_file, settled_metric, wait_for_metric
+
+from harness.ray_cluster import load_serve_config
+from harness.serving import (
+    assert_serving_normally,
+    metric_total,
+    predict_file,
+    settled_metric,
+    wait_for_metric,
+)
 
 
 def deployment_config(config: dict, name: str) -> dict:

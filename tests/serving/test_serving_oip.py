@@ -7,10 +7,10 @@ import base64
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from images import CAT_LABELS
-from ray_cluster import load_serve_config
 from tritonclient.utils import InferenceServerException
 
+from harness.images import CAT_LABELS
+from harness.ray_cluster import load_serve_config
 from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings

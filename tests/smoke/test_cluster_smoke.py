@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from charts import by_kind, is_subset, serve_service_name
-from images import CAT_LABELS
+
+from harness.charts import by_kind, is_subset, serve_service_name
+from harness.images import CAT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 HELM = REPO / ".tools" / "bin" / "helm"

@@ -11,9 +11,9 @@ import zlib
 
 import numpy as np
 import pytest
-from images import encode, photo, sixteen_bit_grey_png, upscaled_jpeg, with_exif_orientation
 from PIL import Image
 
+from harness.images import encode, photo, sixteen_bit_grey_png, upscaled_jpeg, with_exif_orientation
 from serve_app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from serve_app.imaging import Preprocessing, decode_image, resize_center_crop, to_rgb
 

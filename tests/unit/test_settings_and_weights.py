@@ -83,8 +83,7 @@ def test_prefetch_cli_works_offline_from_the_cache(capsys):
 
 def test_serve_config_groups_fit_the_model_batch():
     """The ingress never sends a model call larger than the model's batch (Serve would refuse it)."""
-    from ray_cluster import load_serve_config
-
+    from harness.ray_cluster import load_serve_config
     from serve_app.settings import IngressTuning
 
     deployments = {d["name"]: d for d in load_serve_config()["applications"][0]["deployments"]}

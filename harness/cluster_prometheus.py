@@ -11,7 +11,7 @@ the node's network namespace (pod addresses are unreachable from the host by des
 node's address, with the PrometheusRule's groups as its rule file; it is started and stopped by its pid.
 
     # scrape namespace NS of the running test cluster until Ctrl-C
-    python scripts/monitoring/cluster_prometheus.py --namespace NS
+    python -m harness.cluster_prometheus --namespace NS
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ from pathlib import Path
 import requests
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from promstack import MONITORING, REPO, launch, rule_groups, tool  # noqa: E402
+from harness.promstack import MONITORING, REPO, launch, rule_groups, tool
 
 PODMONITORS = sorted(MONITORING.glob("podmonitor-*.yaml"))
 CLUSTER_ENV = REPO / "cluster" / "cluster.env"

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from tools import tool_path
+
+from harness.tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "kuberay" / "chart"

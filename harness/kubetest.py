@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".cluster"
 KUBECONFIG = os.environ.get("KUBECONFIG") or str(STATE / "kubeconfig")
 CHART = REPO / "kuberay" / "chart"
@@ -499,7 +499,8 @@ def classify_cat(port: int, cat_png: bytes) -> dict:
     cat. Returns the top REST prediction and the OIP v2 top class."""
     import numpy as np
     import tritonclient.http as triton
-    from images import CAT_LABELS
+
+    from harness.images import CAT_LABELS
 
     wait_http_ok(f"http://127.0.0.1:{port}/ready")
     r = requests.post(f"http://127.0.0.1:{port}/predict", files={"file": ("cat.png", cat_png)}, timeout=60)
@@ -547,11 +548,11 @@ def podmonitor_targets(ns: str, monitors: list[dict]) -> set[tuple[str, str, str
 
 
 def check_cluster_prometheus(ns: str, prom, load: Callable[[], object]) -> dict:
-    """Prometheus (scripts/monitoring/cluster_prometheus.py) scrapes exactly what the PodMonitors select,
+    """Prometheus (harness/cluster_prometheus.py) scrapes exactly what the PodMonitors select,
     every target is up, the overview dashboard's queries return this namespace's data under ``load``,
     and every rule of the PrometheusRule evaluates."""
-    from cluster_prometheus import podmonitors
-    from promstack import dashboard, is_cluster_only, panels, substitute
+    from harness.cluster_prometheus import podmonitors
+    from harness.promstack import dashboard, is_cluster_only, panels, substitute
 
     def scraped():
         return {(t["labels"]["job"], t["labels"]["pod"], t["labels"]["endpoint"]) for t in prom.active_targets()

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 DASHBOARDS = MONITORING / "dashboards"
 RULES = MONITORING / "prometheusrule.yaml"

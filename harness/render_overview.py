@@ -3,9 +3,9 @@
 No Grafana runs here, so this is how the docs get a picture of the dashboard. Two ways to run it:
 
   # against any Prometheus that scrapes the app
-  python scripts/monitoring/render_overview.py --prometheus http://127.0.0.1:9090 --minutes 15
+  python -m harness.render_overview --prometheus http://127.0.0.1:9090 --minutes 15
   # self-contained: a local Ray cluster serving the app, a local Prometheus, bounded load, then the PNG
-  python scripts/monitoring/render_overview.py --demo --load-seconds 120
+  python -m harness.render_overview --demo --load-seconds 120
 
 Output: docs/img/classifier-overview.png (or --out).
 """
@@ -20,9 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from promstack import (
+from harness.promstack import (
     LOCAL_LABELS,
     REPO,
     Prometheus,
@@ -108,13 +106,10 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
 
 def demo(load_seconds: float, out: Path) -> list[str]:
     """Local Ray cluster + Prometheus + bounded load on 127.0.0.1, then render; everything stopped by pid."""
-    sys.path.insert(0, str(REPO / "tests"))
-    import matplotlib
-    import skimage
-    from ray_cluster import RayCluster, load_serve_config
+    from harness.images import CAT_PHOTO, COFFEE_PHOTO, HOPPER_PHOTO
+    from harness.ray_cluster import RayCluster, load_serve_config
 
-    images = [(Path(skimage.__file__).parent / "data" / n).read_bytes() for n in ("chelsea.png", "coffee.png")]
-    images.append((Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").read_bytes())
+    images = [p.read_bytes() for p in (CAT_PHOTO, COFFEE_PHOTO, HOPPER_PHOTO)]
     with RayCluster() as cluster:
         cluster.deploy(load_serve_config())
         with Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{cluster.metrics_port}"]}) as prom:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import requests
-from images import CAT_LABELS
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.images import CAT_LABELS
 
 
 def predict_file(http: requests.Session, base_url: str, data: bytes, **params) -> requests.Response:
