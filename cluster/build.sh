@@ -62,6 +62,7 @@ build_module etcd etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl
 build_module coredns coredns=.
 build_module metrics-server metrics-server=sigs.k8s.io/metrics-server/cmd/metrics-server
 build_module kuberay ray-operator=github.com/ray-project/kuberay/ray-operator
+build_module netpol kube-network-policies=sigs.k8s.io/kube-network-policies/cmd
 build_module kubernetes \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \

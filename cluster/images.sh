@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the images the test cluster runs and import them into the node's containerd (no registry is
-# reachable, so nothing is ever pulled): the pod sandbox, CoreDNS, metrics-server and the KubeRay
-# operator (each one static binary from cluster/build.sh on an empty filesystem), and the app image
-# (scripts/image/build.sh, offline profile) under the chart's default reference. An image already in
+# reachable, so nothing is ever pulled): the pod sandbox, CoreDNS, metrics-server, the KubeRay
+# operator and kube-network-policies (each one static binary from cluster/build.sh on an empty
+# filesystem), and the app image (scripts/image/build.sh, offline profile) under the chart's default
+# reference. An image already in
 # containerd with the same content is not imported again.
 #   images.sh            all of them (containerd must be running: cluster/up.sh calls this)
 #   images.sh app        only the app image
@@ -85,6 +86,8 @@ case "${1:-all}" in
       "$BIN/metrics-server" /metrics-server
     binary_image "$KUBERAY_IMAGE_REPO:$(module_version kuberay github.com/ray-project/kuberay/ray-operator)" \
       "$BIN/ray-operator" /manager
+    binary_image "$NETPOL_IMAGE_REPO:$(module_version netpol sigs.k8s.io/kube-network-policies)" \
+      "$BIN/kube-network-policies" /bin/netpol
     app_image ;;
   app) app_image ;;
   *) die "usage: $0 [all|app]" ;;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make cluster: a real single-node Kubernetes on this machine, built from Go modules
-# (cluster/build.sh), with containerd + runc and CNI plugins from Debian, CoreDNS, metrics-server and
-# the KubeRay operator. Idempotent: every step checks what is already there, so running it on a
-# live cluster changes nothing and on a half-started one finishes the job.
+# (cluster/build.sh), with containerd + runc and CNI plugins from Debian, CoreDNS, metrics-server,
+# the KubeRay operator and kube-network-policies (NetworkPolicy enforcement). Idempotent: every step
+# checks what is already there, so running it on a live cluster changes nothing and on a half-started
+# one finishes the job.
 #
 # The node lives in a network namespace of its own ($NETNS), linked to the host by one veth pair:
 # the API server listens on $NODE_IP:$APISERVER_PORT, pods and Services have addresses only inside
@@ -254,6 +255,8 @@ kc -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null
 kc -n kube-system rollout status deployment/metrics-server --timeout=180s >/dev/null
 kc -n "$KUBERAY_NAMESPACE" rollout status deployment/kuberay-operator --timeout=180s >/dev/null
 wait_until 120 "resource metrics (metrics.k8s.io)" kc top node "$NODE_NAME"
+# NetworkPolicy enforcement: the bridge CNI plugins enforce none (cluster/netpol.sh).
+bash cluster/netpol.sh start
 timing add-ons "$t"
 
 timing cluster-up "$T0"
