@@ -1,4 +1,9 @@
-"""The service's error hierarchy and its single mapping to HTTP responses."""
+"""The service's error hierarchy and its single mapping to HTTP responses.
+
+Every error response carries its stable code in the ``X-Error-Code`` header. The body is the REST
+API's ``{"error": {"code", "message"}}``, or on the Open Inference Protocol's routes (``/v2``) the
+protocol's own error object, ``{"error": "<message>"}``, which its clients (tritonclient, KServe's)
+print as the message."""
 
 from __future__ import annotations
 
@@ -18,9 +23,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-
-    def to_response(self) -> JSONResponse:
-        return error_response(self.status, self.code, self.message, self.headers)
 
 
 class BadRequest(ServiceError):
@@ -69,9 +71,19 @@ class NotReady(ServiceError):
         super().__init__(message, headers={"Retry-After": "5"})
 
 
+# Codes of the errors the web framework raises itself (unknown route, wrong method, ...).
+HTTP_STATUS_CODES = {404: NotFound.code, 405: "method_not_allowed", 500: ServiceError.code}
+ERROR_CODE_HEADER = "X-Error-Code"
+
+
+def code_for_status(status: int) -> str:
+    return HTTP_STATUS_CODES.get(status, "http_error")
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, oip: bool = False
 ) -> JSONResponse:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+    body = {"error": message} if oip else {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status, headers={**(headers or {}), ERROR_CODE_HEADER: code})

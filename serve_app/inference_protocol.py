@@ -8,8 +8,6 @@ classification extension).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 from dataclasses import dataclass
@@ -18,7 +16,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.errors import BadRequest, InvalidParameter, TooManyImages
+from serve_app.errors import BadRequest, InvalidParameter, NotFound, TooManyImages
+from serve_app.payload import decode_base64, first_error, load_json
+from serve_app.predictions import top_indices
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 PROBABILITIES = "probabilities"
@@ -72,15 +72,48 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+EXTENSIONS = ["binary_tensor_data", "classification"]
+PLATFORM = "pytorch_torchvision"
+
+
+def server_metadata(name: str, version: str) -> dict:
+    return {"name": name, "version": version, "extensions": EXTENSIONS}
+
+
+def model_metadata(name: str, version: str, crop_size: int, num_classes: int) -> dict:
+    """The one model's metadata: BYTES images or an FP32 tensor in, FP32 class probabilities out."""
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, 3, crop_size, crop_size]},
+        ],
+        "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, num_classes]}],
+    }
+
+
+def check_model(requested: str, requested_version: str | None, name: str, version: str) -> None:
+    """404 unless the request names this server's model (and, if given, its version)."""
+    if requested != name:
+        raise NotFound(f"unknown model {requested!r}; this server has {name!r}")
+    if requested_version is not None and requested_version != version:
+        raise NotFound(f"unknown version {requested_version!r} of {requested}; have {version!r}")
+
+
 @dataclass(frozen=True)
-class ParsedInput:
-    """Either encoded image files (``images``) or an already-normalised float tensor (``tensor``)."""
+class ImagesInput:
+    """The BYTES input ``image``: encoded image files."""
 
-    images: list[bytes] | None = None
-    tensor: np.ndarray | None = None
+    images: list[bytes]
 
-    def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.tensor)
+
+@dataclass(frozen=True)
+class TensorInput:
+    """The FP32 input ``input``: an already-normalised ``[N, 3, crop, crop]`` tensor."""
+
+    tensor: np.ndarray
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
@@ -95,22 +128,14 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[Inferen
         head, tail = body[:split], body[split:]
     else:
         head, tail = body, b""
-    try:
-        document = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"inference request is not valid JSON: {exc}") from None
+    document = load_json(head, "inference request")
     try:
         return InferenceRequest.model_validate(document), tail
     except ValidationError as exc:
-        raise InvalidParameter(f"invalid inference request: {_first_error(exc)}") from None
+        raise InvalidParameter(f"invalid inference request: {first_error(exc.errors())}") from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-
-
-def read_input(request: InferenceRequest, tail: bytes, crop_size: int, max_items: int) -> ParsedInput:
+def read_input(request: InferenceRequest, tail: bytes, crop_size: int, max_items: int) -> ImagesInput | TensorInput:
     """Decode the single input tensor: BYTES of encoded images, or FP32 ``[N, 3, crop, crop]``."""
     if len(request.inputs) != 1:
         raise InvalidParameter(f"expected exactly one input, got {len(request.inputs)}")
@@ -131,7 +156,7 @@ def read_input(request: InferenceRequest, tail: bytes, crop_size: int, max_items
         images = _split_bytes(raw) if binary_size is not None else _base64_elements(tensor.data)
         if len(images) != count:
             raise InvalidParameter(f"shape {tensor.shape} announces {count} images, got {len(images)}")
-        return ParsedInput(images=images)
+        return ImagesInput(images)
     if tensor.datatype == "FP32":
         if tensor.name != TENSOR_INPUT:
             raise InvalidParameter(f"FP32 input must be named {TENSOR_INPUT!r}, got {tensor.name!r}")
@@ -151,7 +176,7 @@ def read_input(request: InferenceRequest, tail: bytes, crop_size: int, max_items
                 raise InvalidParameter("FP32 data must be a (nested) list of numbers") from None
             if array.size != count:
                 raise InvalidParameter(f"shape {tensor.shape} needs {count} values, got {array.size}")
-        return ParsedInput(tensor=array.reshape(tensor.shape))
+        return TensorInput(array.reshape(tensor.shape))
     raise InvalidParameter(f"unsupported datatype {tensor.datatype!r}; use BYTES (images) or FP32")
 
 
@@ -183,15 +208,10 @@ def _base64_elements(data: Any) -> list[bytes]:
             stack.extend(reversed(item))
         else:
             flat.append(item)
-    out = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
             raise InvalidParameter(f"BYTES element {i} must be a base64 string")
-        try:
-            out.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"BYTES element {i} is not valid base64") from None
-    return out
+    return [decode_base64(item, f"BYTES element {i}") for i, item in enumerate(flat)]
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -218,8 +238,8 @@ def encode_infer_response(
         binary = bool(out.parameters.get("binary_data", binary_default))
         n = probabilities.shape[0]
         if k:
-            top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-            strings = [f"{probabilities[r, c]:f}:{c}:{labels[c]}" for r in range(n) for c in top[r]]
+            strings = [f"{probabilities[r, c]:f}:{c}:{labels[c]}" for r in range(n)
+                       for c in top_indices(probabilities[r], k)]
             entry: dict[str, Any] = {"name": out.name, "datatype": "BYTES", "shape": [n, k]}
             if binary:
                 blob = serialize_bytes([s.encode() for s in strings])

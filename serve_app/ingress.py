@@ -1,16 +1,15 @@
-"""The HTTP ingress and preprocessing deployment: FastAPI routes, validation, decode, fan-out.
+"""The HTTP ingress deployment: FastAPI routes over the classification pipeline.
 
-Every image of a request is decoded in a thread pool (PIL releases the GIL). Decoded images from
-concurrent requests are grouped (``@serve.batch`` here too, a short wait) into one model call each,
-so one Ray call carries several images; the model batches those groups across ingress replicas.
+``ImageIngress`` only adapts HTTP: it reads the body under its size limit, parses it (request_parsing
+for REST, inference_protocol for OIP v2), and hands the images to its ``ClassificationPipeline``
+(pipeline.py: decode in a thread pool, group, model call, outcome), whose images from concurrent
+requests are grouped here (``@serve.batch``, a short wait) into one model call each, so one Ray call
+carries several images; the model batches those groups across ingress replicas. Errors become
+responses in one place (errors.error_response).
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on the Serve-wrapped methods.
-import asyncio
-import contextlib
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 import numpy as np
@@ -18,25 +17,23 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import __version__, inference_protocol as oip
 from serve_app.errors import (
     InvalidParameter,
-    NotFound,
-    NotReady,
-    Overloaded,
     PayloadTooLarge,
     ServiceError,
+    code_for_status,
     error_response,
 )
-from serve_app.imaging import SUPPORTED_FORMATS, decode_image
+from serve_app.imaging import SUPPORTED_FORMATS
 from serve_app.metrics import ingress_metrics
+from serve_app.payload import first_error
+from serve_app.pipeline import ClassificationPipeline
 from serve_app.predictions import MAX_TOP_K, ImageResult, ServiceInfo, top_k
-from serve_app.request_parsing import ACCEPTED_CONTENT_TYPES, parse_predict_body
+from serve_app.request_parsing import ACCEPTED_CONTENT_TYPES, FILE_FIELD, JsonPredictBody, parse_predict_body
 from serve_app.settings import AppSettings, IngressTuning
 from serve_app.weights import describe
 
@@ -53,6 +50,7 @@ app = FastAPI(
     description="Ray Serve image classification: a REST API and the Open Inference Protocol v2.",
 )
 
+
 def _route_of(request: Request) -> str:
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched")
@@ -60,7 +58,8 @@ def _route_of(request: Request) -> str:
 
 def _reject(request: Request, status: int, code: str, message: str, headers=None) -> JSONResponse:
     ingress_metrics().rejected.inc(tags={"route": _route_of(request), "status": str(status), "code": code})
-    return error_response(status, code, message, headers)
+    # The Open Inference Protocol's routes answer in its error shape (errors.py).
+    return error_response(status, code, message, headers, oip=request.url.path.startswith("/v2"))
 
 
 @app.exception_handler(ServiceError)
@@ -70,23 +69,24 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "request"
-    return _reject(request, 422, InvalidParameter.code, f"{where}: {err.get('msg')}")
+    return _reject(request, InvalidParameter.status, InvalidParameter.code, first_error(exc.errors(), "request"))
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _reject(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    return _reject(request, exc.status_code, code_for_status(exc.status_code), str(exc.detail),
+                   getattr(exc, "headers", None))
 
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    return _reject(request, 500, "internal_error", "internal error; see the replica's log")
+    return _reject(request, 500, code_for_status(500), "internal error; see the replica's log")
 
 
+# The request body of /predict, from the models that parse it: multipart (the file field and the JSON
+# body's top_k), a raw image, or the JSON body itself.
+_JSON_BODY_SCHEMA = JsonPredictBody.model_json_schema()
 _PREDICT_BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -96,23 +96,14 @@ _PREDICT_BODY_DOC = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+                        FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "top_k": _JSON_BODY_SCHEMA["properties"]["top_k"],
                     },
-                    "required": ["file"],
+                    "required": [FILE_FIELD],
                 }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "byte"},
-                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
-                    },
-                }
-            },
+            "application/json": {"schema": _JSON_BODY_SCHEMA},
         },
     }
 }
@@ -129,7 +120,7 @@ _ERRORS_DOC = {
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing it as soon as it is known to exceed ``limit`` bytes."""
+    """Read the body, refusing it as soon as it is known to exceed ``limit`` bytes, and record its size."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
@@ -139,6 +130,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
+    ingress_metrics().request_bytes.observe(size, tags={"route": _route_of(request)})
     return b"".join(chunks)
 
 
@@ -151,21 +143,27 @@ async def read_body(request: Request, limit: int) -> bytes:
 @serve.ingress(app)
 class ImageIngress:
     def __init__(self, model: DeploymentHandle, settings: AppSettings):
-        self._metrics = ingress_metrics()
-        self._model = model
         self._settings = settings
         self._limits = settings.limits
         self._weights = describe(settings.model_name, settings.weights, settings.weights_sha256)
         self._labels = self._weights.categories
         self._tuning = IngressTuning()
-        self._decode_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
-        self._model_tags = {"model": settings.model_name}
+        self._pipeline = ClassificationPipeline(
+            model, preprocessing=self._weights.preprocessing, max_image_pixels=self._limits.max_image_pixels,
+            metrics=ingress_metrics(), model_name=settings.model_name, group=self._model_call)
 
     def reconfigure(self, user_config: dict) -> None:
         self._tuning = IngressTuning.model_validate(user_config or {})
         logging.getLogger("ray.serve").setLevel(self._tuning.log_level)
         self._model_call.set_max_batch_size(self._tuning.max_images_per_model_call)
         self._model_call.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
+
+    # Many model calls may be in flight (one per group); the wait only collects images that arrive
+    # together, so a lone request pays at most ``model_call_wait_s``.
+    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
+                 batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s, max_concurrent_batches=256)
+    async def _model_call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return await self._pipeline.call_model(arrays)
 
     # ---- service endpoints -------------------------------------------------------------------
 
@@ -194,21 +192,15 @@ class ImageIngress:
 
     @app.get("/ready", summary="Readiness: the model is loaded, warmed up and answering")
     async def ready(self) -> dict:
-        await self._require_model_ready()
+        await self._pipeline.require_ready(READY_TIMEOUT_S)
         return {"status": "ready"}
-
-    async def _require_model_ready(self) -> dict:
-        try:
-            return await asyncio.wait_for(self._model.info.remote(), READY_TIMEOUT_S)
-        except (asyncio.TimeoutError, BackPressureError, RayActorError) as exc:  # noqa: UP041 - not builtin TimeoutError on 3.10
-            raise NotReady(f"model is not ready: {type(exc).__name__}") from None
 
     # ---- REST prediction ---------------------------------------------------------------------
 
     @app.post(
         "/predict",
-        response_model=ImageResult | list[ImageResult],
-        responses=_ERRORS_DOC,
+        # Documented, not re-validated: the results are built from the model's output (JSONResponse).
+        responses={200: {"model": ImageResult | list[ImageResult]}, **_ERRORS_DOC},
         openapi_extra=_PREDICT_BODY_DOC,
         summary="Classify one or more images",
     )
@@ -218,85 +210,25 @@ class ImageIngress:
         top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     ) -> Response:
         body = await read_body(request, self._limits.max_body_bytes)
-        self._metrics.request_bytes.observe(len(body), tags={"route": "/predict"})
         parsed = parse_predict_body(
             request.headers.get("content-type"), body, self._limits.max_images_per_request
         )
         k = parsed.top_k or top_k_query or self._tuning.default_top_k
-        probabilities = await self._classify_images(parsed.images)
         results = [
             {
                 "model": self._settings.model_name,
                 "model_version": self._weights.version,
                 "predictions": top_k(p, k, self._labels),
             }
-            for p in probabilities
+            for p in await self._pipeline.classify_images(parsed.images)
         ]
-        return JSONResponse(results if parsed.plural else results[0])
-
-    async def _classify_images(self, images: list[bytes]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        try:
-            arrays = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self._decode, data) for data in images)
-            )
-        except ServiceError as exc:
-            self._metrics.images.inc(len(images), tags={**self._model_tags, "outcome": exc.code})
-            raise
-        with self._model_errors(len(images)):
-            return await asyncio.gather(*(self._model_call(a) for a in arrays))
-
-    @contextlib.contextmanager
-    def _model_errors(self, count: int):
-        """Count the images' outcome and map model-side failures to a retryable 503."""
-        try:
-            yield
-        except BackPressureError:
-            self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "overloaded"})
-            raise Overloaded("the model queue is full; retry shortly") from None
-        except RayActorError:
-            self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "replica_failed"})
-            raise Overloaded("a model replica failed during the request; retry") from None
-        self._metrics.images.inc(count, tags={**self._model_tags, "outcome": "ok"})
-
-    # Many model calls may be in flight (one per group); the wait only collects images that arrive
-    # together, so a lone request pays at most ``model_call_wait_s``.
-    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
-                 batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s, max_concurrent_batches=256)
-    async def _model_call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await self._model.classify.remote(np.stack(arrays)))
-
-    async def _classify_tensor(self, tensor: np.ndarray) -> np.ndarray:
-        """Already-normalised FP32 input, sent in groups of at most ``max_images_per_model_call``."""
-        step = self._tuning.max_images_per_model_call
-        with self._model_errors(len(tensor)):
-            parts = await asyncio.gather(*(
-                self._model.classify_normalized.remote(tensor[i : i + step])
-                for i in range(0, len(tensor), step)
-            ))
-        return np.concatenate(parts)
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        started = time.perf_counter()
-        array = decode_image(data, self._weights.preprocessing, self._limits.max_image_pixels)
-        self._metrics.decode_seconds.observe(time.perf_counter() - started, tags=self._model_tags)
-        return array
+        return JSONResponse(results if parsed.answer_as_list else results[0])
 
     # ---- Open Inference Protocol v2 ----------------------------------------------------------
 
-    def _check_model(self, model_name: str, version: str | None = None) -> None:
-        if model_name != self._settings.model_name:
-            raise NotFound(f"unknown model {model_name!r}; this server has {self._settings.model_name!r}")
-        if version is not None and version != self._weights.version:
-            raise NotFound(f"unknown version {version!r} of {model_name}; have {self._weights.version!r}")
-
     @app.get("/v2", response_model=oip.ServerMetadata, summary="OIP v2 server metadata")
     async def v2_server_metadata(self) -> dict:
-        return {
-            "name": SERVICE_NAME,
-            "version": __version__,
-            "extensions": ["binary_tensor_data", "classification"],
-        }
+        return oip.server_metadata(SERVICE_NAME, __version__)
 
     @app.get("/v2/health/live", summary="OIP v2 liveness")
     async def v2_live(self) -> dict:
@@ -304,49 +236,38 @@ class ImageIngress:
 
     @app.get("/v2/health/ready", summary="OIP v2 readiness")
     async def v2_ready(self) -> dict:
-        await self._require_model_ready()
+        await self._pipeline.require_ready(READY_TIMEOUT_S)
         return {"ready": True}
 
     @app.get("/v2/models/{model_name}", response_model=oip.ModelMetadata)
     @app.get("/v2/models/{model_name}/versions/{version}", response_model=oip.ModelMetadata)
     async def v2_model_metadata(self, model_name: str, version: str | None = None) -> dict:
-        self._check_model(model_name, version)
-        crop = self._weights.preprocessing.crop_size
-        return {
-            "name": model_name,
-            "versions": [self._weights.version],
-            "platform": "pytorch_torchvision",
-            "inputs": [
-                {"name": oip.IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-                {"name": oip.TENSOR_INPUT, "datatype": "FP32", "shape": [-1, 3, crop, crop]},
-            ],
-            "outputs": [
-                {"name": oip.PROBABILITIES, "datatype": "FP32", "shape": [-1, len(self._labels)]}
-            ],
-        }
+        oip.check_model(model_name, version, self._settings.model_name, self._weights.version)
+        return oip.model_metadata(model_name, self._weights.version, self._weights.preprocessing.crop_size,
+                                  len(self._labels))
 
     @app.get("/v2/models/{model_name}/ready")
     @app.get("/v2/models/{model_name}/versions/{version}/ready")
     async def v2_model_ready(self, model_name: str, version: str | None = None) -> dict:
-        self._check_model(model_name, version)
-        await self._require_model_ready()
+        oip.check_model(model_name, version, self._settings.model_name, self._weights.version)
+        await self._pipeline.require_ready(READY_TIMEOUT_S)
         return {"name": model_name, "ready": True}
 
     @app.post("/v2/models/{model_name}/infer", responses=_ERRORS_DOC)
     @app.post("/v2/models/{model_name}/versions/{version}/infer", responses=_ERRORS_DOC)
     async def v2_infer(self, model_name: str, request: Request, version: str | None = None) -> Response:
-        self._check_model(model_name, version)
+        oip.check_model(model_name, version, self._settings.model_name, self._weights.version)
         body = await read_body(request, self._limits.max_body_bytes)
-        self._metrics.request_bytes.observe(len(body), tags={"route": "/v2/models/{model_name}/infer"})
         infer_request, tail = oip.parse_infer_request(body, request.headers.get(oip.BINARY_HEADER))
         parsed = oip.read_input(
             infer_request, tail, self._weights.preprocessing.crop_size,
             self._limits.max_images_per_request,
         )
-        if parsed.images is not None:
-            probabilities = np.stack(await self._classify_images(parsed.images))
+        if isinstance(parsed, oip.ImagesInput):
+            probabilities = np.stack(await self._pipeline.classify_images(parsed.images))
         else:
-            probabilities = await self._classify_tensor(parsed.tensor)
+            probabilities = await self._pipeline.classify_tensor(
+                parsed.tensor, self._tuning.max_images_per_model_call)
         content, headers = oip.encode_infer_response(
             infer_request, probabilities, self._labels, model_name, self._weights.version
         )

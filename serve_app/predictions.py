@@ -37,11 +37,17 @@ class ServiceInfo(BaseModel):
     image_formats: list[str]
 
 
-def top_k(probabilities: np.ndarray, k: int, labels: tuple[str, ...]) -> list[dict]:
-    """The ``k`` most probable classes, highest first."""
+def top_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """The class ids of the ``k`` most probable classes of one image, highest first (ties: lower id
+    first); the one top-k of the REST and the OIP classification outputs."""
     k = min(k, probabilities.shape[0])
     candidates = np.argpartition(-probabilities, k - 1)[:k]
-    order = candidates[np.argsort(-probabilities[candidates], kind="stable")]
+    return candidates[np.lexsort((candidates, -probabilities[candidates]))]
+
+
+def top_k(probabilities: np.ndarray, k: int, labels: tuple[str, ...]) -> list[dict]:
+    """The ``k`` most probable classes, highest first."""
     return [
-        {"label": labels[i], "class_id": int(i), "score": float(probabilities[i])} for i in order
+        {"label": labels[i], "class_id": int(i), "score": float(probabilities[i])}
+        for i in top_indices(probabilities, k)
     ]

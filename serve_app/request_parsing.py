@@ -7,9 +7,6 @@ several images (which decides between a single result object and a list).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from serve_app.errors import BadRequest, InvalidParameter, TooManyImages, UnsupportedMediaType
+from serve_app.payload import decode_base64, first_error, load_json
 from serve_app.predictions import MAX_TOP_K
 
 ACCEPTED_CONTENT_TYPES = "multipart/form-data, application/json, image/*, application/octet-stream"
@@ -27,7 +25,8 @@ FILE_FIELD = "file"
 class PredictInput:
     images: list[bytes]
     top_k: int | None
-    plural: bool
+    # The client sent a list (``images``, or several files): answer with a list of results.
+    answer_as_list: bool
 
 
 class JsonPredictBody(BaseModel):
@@ -56,7 +55,7 @@ def parse_predict_body(content_type: str | None, body: bytes, max_images: int) -
     elif media == "application/json" or media.endswith("+json"):
         result = _parse_json(body)
     elif media.startswith("image/") or media == "application/octet-stream":
-        result = PredictInput(images=[body], top_k=None, plural=False)
+        result = PredictInput(images=[body], top_k=None, answer_as_list=False)
     else:
         shown = media or "no Content-Type"
         raise UnsupportedMediaType(f"{shown} is not accepted; send one of {ACCEPTED_CONTENT_TYPES}")
@@ -66,24 +65,14 @@ def parse_predict_body(content_type: str | None, body: bytes, max_images: int) -
 
 
 def _parse_json(body: bytes) -> PredictInput:
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    document = load_json(body, "request body")
     try:
         parsed = JsonPredictBody.model_validate(document)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise InvalidParameter(f"{where}: {err['msg']}") from None
+        raise InvalidParameter(first_error(exc.errors())) from None
     encoded = [parsed.image] if parsed.image is not None else parsed.images
-    images = []
-    for i, item in enumerate(encoded):
-        try:
-            images.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"image {i} is not valid base64") from None
-    return PredictInput(images=images, top_k=parsed.top_k, plural=parsed.images is not None)
+    images = [decode_base64(item, f"image {i}") for i, item in enumerate(encoded)]
+    return PredictInput(images=images, top_k=parsed.top_k, answer_as_list=parsed.images is not None)
 
 
 def _parse_multipart(body: bytes, boundary: bytes | None, max_images: int) -> PredictInput:
@@ -139,7 +128,7 @@ def _parse_multipart(body: bytes, boundary: bytes | None, max_images: int) -> Pr
             raise InvalidParameter(f"unexpected form field {name!r}; send images as {FILE_FIELD!r}")
     if not images:
         raise InvalidParameter(f"no {FILE_FIELD!r} field in the multipart body")
-    return PredictInput(images=images, top_k=top_k, plural=len(images) > 1)
+    return PredictInput(images=images, top_k=top_k, answer_as_list=len(images) > 1)
 
 
 def parse_top_k(text: str) -> int:

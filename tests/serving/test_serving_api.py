@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,6 +11,7 @@ import requests
 
 from harness.images import CAT_LABELS
 from harness.serving import metric_total, predict_file, settled_metric, top1, wait_for_metric
+from serve_app.request_parsing import JsonPredictBody
 
 
 def test_cat_photo_is_a_cat(http, base_url, cat_png):
@@ -63,12 +65,25 @@ def test_service_info_and_probes(http, base_url):
     assert http.get(f"{base_url}/ready").json() == {"status": "ready"}
 
 
+def without_none(value):
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    return [without_none(v) for v in value] if isinstance(value, list) else value
+
+
 def test_openapi_documents_the_routes(http, base_url):
     spec = http.get(f"{base_url}/openapi.json").json()
     for path in ("/predict", "/", "/health", "/ready", "/v2/models/{model_name}/infer"):
         assert path in spec["paths"]
-    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    predict = spec["paths"]["/predict"]["post"]
+    body = predict["requestBody"]["content"]
     assert {"multipart/form-data", "image/*", "application/json"} <= set(body)
+    # Generated from the model that parses the JSON body, not a hand copy of it (the OpenAPI document
+    # leaves out null defaults).
+    model = without_none(JsonPredictBody.model_json_schema())
+    assert body["application/json"]["schema"] == model
+    assert body["multipart/form-data"]["schema"]["properties"]["top_k"] == model["properties"]["top_k"]
+    assert "ImageResult" in json.dumps(predict["responses"]["200"])
     assert http.get(f"{base_url}/docs").status_code == 200
 
 

@@ -1,8 +1,11 @@
-"""Open Inference Protocol v2 through the real tritonclient[http] client, binary and JSON."""
+"""Open Inference Protocol v2 through the real tritonclient[http] client, binary and JSON, and through
+KServe's own Python client (its own venv, .tools/kserve-client: scripts/tools/kserve-client.sh)."""
 
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,12 +13,36 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from harness.images import CAT_LABELS
-from harness.ray_cluster import load_serve_config
+from harness.ray_cluster import REPO, load_serve_config
 from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings
 
 MODEL = "mobilenet_v2"
+KSERVE_PYTHON = REPO / ".tools" / "kserve-client" / "bin" / "python"
+# Run by KServe's client venv: infer the image read from stdin, then a body with invalid base64; print
+# what the client returns and what its exception says.
+KSERVE_CALLS = """
+import asyncio, base64, json, sys
+import httpx
+from kserve import InferenceRESTClient, RESTConfig
+
+async def main():
+    client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+    def body(item):
+        return {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [item]}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
+    ok = await client.infer(sys.argv[1], body(base64.b64encode(sys.stdin.buffer.read()).decode()),
+                            model_name=sys.argv[2])
+    try:
+        await client.infer(sys.argv[1], body("@@"), model_name=sys.argv[2])
+        error = None
+    except httpx.HTTPStatusError as exc:
+        error = {"status": exc.response.status_code, "message": str(exc)}
+    print(json.dumps({"top": ok.outputs[0].data[0], "error": error}))
+
+asyncio.run(main())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -98,4 +125,25 @@ def test_errors_reach_the_client_as_exceptions(client):
     with pytest.raises(InferenceServerException) as err:
         client.infer(MODEL, [image_input([b"not an image"], True)])
     assert err.value.status() == "400"
+    # The protocol's error object is {"error": "<message>"}: the client shows the message itself, not
+    # a printed dict (the stable code travels in the X-Error-Code header).
+    message = err.value.message()
+    assert message and "code" not in message and not message.startswith("{"), message
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_metadata("resnet50")
+    assert err.value.status() == "404"
+    assert err.value.message() == "unknown model 'resnet50'; this server has 'mobilenet_v2'"
     assert not client.is_model_ready("resnet50")
+
+
+def test_kserve_client_classifies_and_shows_the_protocol_error_message(base_url, cat_png):
+    assert KSERVE_PYTHON.exists(), f"{KSERVE_PYTHON} missing: run scripts/tools/kserve-client.sh (make tools)"
+    proc = subprocess.run([str(KSERVE_PYTHON), "-c", KSERVE_CALLS, base_url, MODEL], input=cat_png,
+                          capture_output=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert result["top"].split(":", 2)[2] in CAT_LABELS, result
+    # KServe's client puts the protocol's error string first in its exception's message.
+    assert result["error"]["status"] == 400, result
+    assert result["error"]["message"].startswith("BYTES element 0 is not valid base64, '400 Bad Request'"), result
+

@@ -30,28 +30,28 @@ def test_multipart_keeps_file_order_and_reads_top_k():
     ctype, body = multipart([b"one", b"two", b"three"], top_k="3")
     parsed = parse_predict_body(ctype, body, 64)
     assert parsed.images == [b"one", b"two", b"three"]
-    assert parsed.top_k == 3 and parsed.plural
+    assert parsed.top_k == 3 and parsed.answer_as_list
 
 
-def test_single_multipart_file_is_not_plural():
+def test_single_multipart_file_answers_one_object():
     ctype, body = multipart([b"one"])
     parsed = parse_predict_body(ctype, body, 64)
-    assert parsed.images == [b"one"] and not parsed.plural and parsed.top_k is None
+    assert parsed.images == [b"one"] and not parsed.answer_as_list and parsed.top_k is None
 
 
 @pytest.mark.parametrize("ctype", ["image/jpeg", "image/png", "application/octet-stream"])
 def test_raw_body_is_one_image(ctype):
     parsed = parse_predict_body(ctype, b"raw-bytes", 64)
-    assert parsed.images == [b"raw-bytes"] and not parsed.plural
+    assert parsed.images == [b"raw-bytes"] and not parsed.answer_as_list
 
 
 def test_json_single_and_list():
     single = parse_predict_body("application/json", json.dumps({"image": b64(b"a")}).encode(), 64)
-    assert single.images == [b"a"] and not single.plural
+    assert single.images == [b"a"] and not single.answer_as_list
     many = parse_predict_body(
         "application/json", json.dumps({"images": [b64(b"a"), b64(b"b")], "top_k": 2}).encode(), 64
     )
-    assert many.images == [b"a", b"b"] and many.plural and many.top_k == 2
+    assert many.images == [b"a", b"b"] and many.answer_as_list and many.top_k == 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,176 @@
+"""The request path under the routes (serve_app.pipeline) with a fake model handle: no Ray cluster.
+
+Decode → group → model call → outcome: images keep their order, a bad image fails the request before
+any model call and is counted with its code, the model side's back-pressure and replica loss become a
+retryable 503 counted as such, a tensor goes in calls of at most the group size, and readiness maps a
+slow or failing model to 503 not_ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from harness.images import encode
+from serve_app.errors import InvalidImage, NotReady, Overloaded
+from serve_app.imaging import Preprocessing
+from serve_app.pipeline import ClassificationPipeline
+
+PREP = Preprocessing(resize_size=32, crop_size=24)
+CLASSES = 5
+
+
+class Remote:
+    """A handle method: ``.remote(x)`` returns an awaitable, as a DeploymentHandle's does."""
+
+    def __init__(self, fn, calls: list):
+        self.fn, self.calls = fn, calls
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+        async def answer():
+            await asyncio.sleep(0)
+            return self.fn(*args)
+        return answer()
+
+
+class FakeModel:
+    """Scores each image by its mean pixel, so results can be matched to inputs."""
+
+    def __init__(self, fail: Exception | None = None, info_delay_s: float = 0.0):
+        self.calls: list = []
+        self.fail = fail
+
+        def classify(batch):
+            if self.fail:
+                raise self.fail
+            return [self._scores(float(a.mean())) for a in batch]
+
+        def classify_normalized(batch):
+            if self.fail:
+                raise self.fail
+            return np.stack([self._scores(float(a.mean())) for a in batch])
+
+        self.classify = Remote(classify, self.calls)
+        self.classify_normalized = Remote(classify_normalized, self.calls)
+        self.info = Remote(lambda: {"ready": True}, self.calls)
+        if info_delay_s:
+            async def slow():
+                await asyncio.sleep(info_delay_s)
+            self.info = type("Slow", (), {"remote": staticmethod(lambda: slow())})()
+
+    @staticmethod
+    def _scores(mean: float) -> np.ndarray:
+        scores = np.zeros(CLASSES, np.float32)
+        scores[0] = mean
+        return scores
+
+
+class Recorder:
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.observed = 0
+
+    def inc(self, value=1, tags=None):
+        self.counts[tags["outcome"]] += value
+
+    def observe(self, value, tags=None):
+        self.observed += 1
+
+
+class FakeMetrics:
+    def __init__(self):
+        self.images = Recorder()
+        self.decode_seconds = Recorder()
+
+
+def pipeline(model: FakeModel, **kwargs) -> tuple[ClassificationPipeline, FakeMetrics]:
+    metrics = FakeMetrics()
+    return ClassificationPipeline(model, preprocessing=PREP, max_image_pixels=10_000, metrics=metrics,
+                                  model_name="fake", **kwargs), metrics
+
+
+def png(grey: int) -> bytes:
+    return encode(Image.new("RGB", (40, 30), (grey, grey, grey)), "PNG")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_images_are_decoded_classified_and_counted_in_order():
+    model = FakeModel()
+    pipe, metrics = pipeline(model)
+    results = run(pipe.classify_images([png(10), png(200), png(90)]))
+    means = [r[0] for r in results]
+    assert means[0] < means[2] < means[1]
+    assert metrics.images.counts == {"ok": 3}
+    assert metrics.decode_seconds.observed == 3
+    # Ungrouped (no `group` given): one model call per image, each a batch of one 3x24x24 image.
+    assert [args[0].shape for args in model.calls] == [(1, 24, 24, 3)] * 3
+
+
+def test_the_group_decides_how_images_reach_the_model():
+    model = FakeModel()
+    seen: list[int] = []
+    holder: dict = {}
+
+    async def group(array):  # what the ingress's @serve.batch does: many images, one call
+        seen.append(array.shape[0])
+        return (await holder["pipe"].call_model([array, array]))[0]
+
+    pipe, _ = pipeline(model, group=group)
+    holder["pipe"] = pipe
+    run(pipe.classify_images([png(1), png(2)]))
+    assert seen == [24, 24]
+    assert [args[0].shape[0] for args in model.calls] == [2, 2]
+
+
+def test_a_bad_image_fails_the_request_before_any_model_call():
+    model = FakeModel()
+    pipe, metrics = pipeline(model)
+    with pytest.raises(InvalidImage):
+        run(pipe.classify_images([png(5), b"not an image"]))
+    assert model.calls == []
+    assert metrics.images.counts == {InvalidImage.code: 2}
+
+
+@pytest.mark.parametrize("failure, outcome", [
+    (BackPressureError(num_queued_requests=10, max_queued_requests=10), "overloaded"),
+    (RayActorError(), "replica_failed"),
+])
+def test_model_side_failures_are_a_retryable_503(failure, outcome):
+    pipe, metrics = pipeline(FakeModel(fail=failure))
+    with pytest.raises(Overloaded) as err:
+        run(pipe.classify_images([png(5), png(6)]))
+    assert err.value.status == 503 and err.value.headers["Retry-After"]
+    assert metrics.images.counts == {outcome: 2}
+    with pytest.raises(Overloaded):
+        run(pipe.classify_tensor(np.zeros((3, 3, 24, 24), np.float32), group_size=2))
+    assert metrics.images.counts == {outcome: 5}
+
+
+def test_a_tensor_goes_in_calls_of_at_most_the_group_size():
+    model = FakeModel()
+    pipe, metrics = pipeline(model)
+    tensor = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 3, 24, 24), np.float32)
+    probabilities = run(pipe.classify_tensor(tensor, group_size=2))
+    assert [args[0].shape[0] for args in model.calls] == [2, 2, 1]
+    assert probabilities[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert metrics.images.counts == {"ok": 5}
+
+
+def test_readiness_is_a_503_when_the_model_is_slow():
+    pipe, _ = pipeline(FakeModel())
+    assert run(pipe.require_ready(1.0)) == {"ready": True}
+    slow, _ = pipeline(FakeModel(info_delay_s=1.0))
+    with pytest.raises(NotReady) as err:
+        run(slow.require_ready(0.05))
+    assert err.value.status == 503 and "TimeoutError" in err.value.message
