@@ -29,9 +29,9 @@ NETPOL_IMAGE="$NETPOL_IMAGE_REPO:$(module_version netpol sigs.k8s.io/kube-networ
 export NETPOL_IMAGE NODE_IP APISERVER_PORT
 
 ipt() { netx iptables -w 5 -t mangle "$@"; }
-listening() {
-  kc -n kube-system logs -l k8s-app=kube-network-policies --tail=-1 2>/dev/null | grep -q "Caches are synced"
-}
+# Its NFQUEUE listener is bound (the kernel lists bound queues; it binds once its informers synced).
+# shellcheck disable=SC2016 # an awk program
+listening() { netx awk -v q="$QUEUE" '$1 == q { found = 1 } END { exit !found }' /proc/net/netfilter/nfnetlink_queue; }
 gone() { [ -z "$(kc -n kube-system get pods -l k8s-app=kube-network-policies -o name)" ]; }
 
 hook_add() {

@@ -216,12 +216,9 @@ def enforcer_log() -> str:
                    timeout=60).stdout
 
 
-def test_the_enforcer_judges_the_release_pods_connections(release):
-    assert len(get("networkpolicy", namespace=release)) >= 3
-    head = f'{release}/{ray_pods(release)["head"]["metadata"]["name"]}'
-    log = enforcer_log()
-    judged = [line for line in log.splitlines() if "Evaluating packet" in line and f'="{head}"' in line]
-    assert judged, log[-3000:]
+def test_the_release_has_its_policies(release):
+    names = {p["metadata"]["name"] for p in get("networkpolicy", namespace=release)}
+    assert {f"{NAME}-default-deny", f"{NAME}-serve", f"{NAME}-ray-internal", f"{NAME}-ray-head"} <= names, names
 
 
 def test_outsiders_reach_nothing_of_the_ray_cluster_until_enforcement_stops(release, outsider):
@@ -230,6 +227,11 @@ def test_outsiders_reach_nothing_of_the_ray_cluster_until_enforcement_stops(rele
     enforced = probe(outsider, wanted)["connect"]
     print(f"\nfrom {outsider} with enforcement: {enforced}")
     assert set(enforced.values()) == {"timeout"}, enforced
+    # kube-network-policies itself judged them (its log, read at once: it rotates at 20 MiB).
+    head = f'{release}/{pods["head"]["metadata"]["name"]}'
+    judged = [line for line in enforcer_log().splitlines()
+              if "Evaluating packet" in line and f'dstPod="{head}"' in line and f'srcPod="{release}/' not in line]
+    assert judged, f"no verdict on {outsider} -> {head} in the enforcer's log"
     head_ip = pods["head"]["status"]["podIP"]
     assert {f"{head_ip}:6379", f"{head_ip}:8265"} <= set(enforced)
     with enforcement_paused():
