@@ -65,7 +65,9 @@ case ${1:-} in
       || { kc -n kube-system get pods -l k8s-app=kube-network-policies >&2; exit 1; }
     log "NetworkPolicy enforcement stopped" ;;
   status)
-    if ipt -S "$CHAIN" 2>/dev/null | grep -q NFQUEUE && ! gone; then echo "NetworkPolicy enforced (kube-network-policies)"
+    # The hook is in place and its listener bound (no `| grep -q`: it can kill the writer, see listening).
+    if ipt -C "$CHAIN" -d "$POD_CIDR" -j NFQUEUE --queue-num "$QUEUE" --queue-bypass 2>/dev/null && listening; then
+      echo "NetworkPolicy enforced (kube-network-policies)"
     else echo "NetworkPolicy not enforced"; exit 1; fi ;;
   *) die "usage: cluster/netpol.sh start|stop|status" ;;
 esac

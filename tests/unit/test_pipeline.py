@@ -29,14 +29,14 @@ CLASSES = 5
 class Remote:
     """A handle method: ``.remote(x)`` returns an awaitable, as a DeploymentHandle's does."""
 
-    def __init__(self, fn, calls: list):
-        self.fn, self.calls = fn, calls
+    def __init__(self, fn, calls: list, delay_s: float = 0.0):
+        self.fn, self.calls, self.delay_s = fn, calls, delay_s
 
     def remote(self, *args):
         self.calls.append(args)
 
         async def answer():
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.delay_s)
             return self.fn(*args)
         return answer()
 
@@ -46,25 +46,15 @@ class FakeModel:
 
     def __init__(self, fail: Exception | None = None, info_delay_s: float = 0.0):
         self.calls: list = []
-        self.fail = fail
 
-        def classify(batch):
-            if self.fail:
-                raise self.fail
-            return [self._scores(float(a.mean())) for a in batch]
-
-        def classify_normalized(batch):
-            if self.fail:
-                raise self.fail
+        def score(batch):
+            if fail:
+                raise fail
             return np.stack([self._scores(float(a.mean())) for a in batch])
 
-        self.classify = Remote(classify, self.calls)
-        self.classify_normalized = Remote(classify_normalized, self.calls)
-        self.info = Remote(lambda: {"ready": True}, self.calls)
-        if info_delay_s:
-            async def slow():
-                await asyncio.sleep(info_delay_s)
-            self.info = type("Slow", (), {"remote": staticmethod(lambda: slow())})()
+        self.classify = Remote(lambda batch: list(score(batch)), self.calls)
+        self.classify_normalized = Remote(score, self.calls)
+        self.info = Remote(lambda: {"ready": True}, [], delay_s=info_delay_s)
 
     @staticmethod
     def _scores(mean: float) -> np.ndarray:
