@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from serve_app.classifier import Classifier
 from serve_app.settings import AppSettings
+from serve_app.torch_model import TorchModel
 
 
 def images_per_second(fn, batch: np.ndarray, seconds: float) -> float:
@@ -43,8 +43,8 @@ def main() -> None:
     for optimize in ("eager", "torchscript"):
         settings = AppSettings(model_name=args.model, optimize=optimize, num_threads=args.threads,
                                device=args.device)
-        variants[optimize + "+channels_last"] = Classifier(settings).predict_uint8
-    plain = Classifier(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads,
+        variants[optimize + "+channels_last"] = TorchModel(settings).forward_uint8
+    plain = TorchModel(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads,
                                    device=args.device))
     plain.model = plain.model.to(memory_format=torch.contiguous_format)
 

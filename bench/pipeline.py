@@ -5,7 +5,7 @@
 threads per replica. The limit runs ``cores // num_threads`` worker processes with ``num_threads``
 threads each (2 × 1 for the default config), and each worker does, per batch, exactly what the
 server does per image: ``serve_app.imaging.decode_image`` on the encoded bytes, ``np.stack``, and
-``serve_app.classifier.Classifier.predict_uint8``. No HTTP, no proxy, no IPC: the work the server
+``serve_app.torch_model.TorchModel.forward_uint8``. No HTTP, no proxy, no IPC: the work the server
 cannot avoid, so served/limit is the efficiency of the serving path. The best batch size wins.
 """
 
@@ -33,14 +33,14 @@ class PipelineSpec:
 def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
     import torch
 
-    from serve_app.classifier import Classifier
     from serve_app.imaging import decode_image
     from serve_app.settings import AppSettings
+    from serve_app.torch_model import TorchModel
 
     settings = AppSettings(**spec.settings_args)
     torch.set_num_threads(settings.num_threads)
-    clf = Classifier(settings, warmup_batch_sizes=tuple(sorted(set(spec.batch_sizes))))
-    prep, max_pixels = clf.info.preprocessing, settings.limits.max_image_pixels
+    clf = TorchModel(settings, warmup_batch_sizes=tuple(sorted(set(spec.batch_sizes))))
+    prep, max_pixels = clf.weights.preprocessing, settings.limits.max_image_pixels
     decoded = decode_image(spec.image, prep, max_pixels)
     for bs in spec.batch_sizes:
         def one_batch(bs=bs):
@@ -50,7 +50,7 @@ def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
             else:
                 arrays = [decoded] * bs
             t1 = time.perf_counter()
-            clf.predict_uint8(np.stack(arrays))  # returns host numpy: includes the device sync
+            clf.forward_uint8(np.stack(arrays))  # returns host numpy: includes the device sync
             return t1 - t0, time.perf_counter() - t1
 
         barrier.wait()

@@ -150,19 +150,19 @@ class ImageIngress:
         self._tuning = IngressTuning()
         self._pipeline = ClassificationPipeline(
             model, preprocessing=self._weights.preprocessing, max_image_pixels=self._limits.max_image_pixels,
-            metrics=ingress_metrics(), model_name=settings.model_name, group=self._model_call)
+            metrics=ingress_metrics(), model_name=settings.model_name, group=self._group)
 
     def reconfigure(self, user_config: dict) -> None:
         self._tuning = IngressTuning.model_validate(user_config or {})
         logging.getLogger("ray.serve").setLevel(self._tuning.log_level)
-        self._model_call.set_max_batch_size(self._tuning.max_images_per_model_call)
-        self._model_call.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
+        self._group.set_max_batch_size(self._tuning.max_images_per_model_call)
+        self._group.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.
     @serve.batch(max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
                  batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s, max_concurrent_batches=256)
-    async def _model_call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    async def _group(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return await self._pipeline.call_model(arrays)
 
     # ---- service endpoints -------------------------------------------------------------------

@@ -15,9 +15,9 @@ import time
 import numpy as np
 from ray import serve
 
-from serve_app.classifier import Classifier
 from serve_app.metrics import ModelMetrics
 from serve_app.settings import AppSettings, ModelTuning
+from serve_app.torch_model import TorchModel
 
 log = logging.getLogger("ray.serve")
 
@@ -45,14 +45,14 @@ class ImageClassifier:
     def __init__(self, settings: AppSettings):
         self._metrics = ModelMetrics(settings.model_name)
         self._metrics.ready.set(0)
-        self._classifier = Classifier(settings)
+        self._model = TorchModel(settings)
         self._tuning = ModelTuning()
         self._metrics.ready.set(1)
 
     def reconfigure(self, user_config: dict) -> None:
         tuning = ModelTuning.model_validate(user_config or {})
-        self._classifier.warm_up(range(1, tuning.max_batch_size + 1))  # only sizes not yet seen
-        for method in (self.classify, self.classify_normalized):
+        self._model.warm_up(range(1, tuning.max_batch_size + 1))  # only sizes not yet seen
+        for method in (self.classify_uint8, self.classify_normalized):
             method.set_max_batch_size(tuning.max_batch_size)
             method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
         if tuning != self._tuning:
@@ -65,28 +65,28 @@ class ImageClassifier:
         # Ray stops exporting a gauge ~30 s after its last update: refresh it on every health check.
         self._metrics.ready.set(1)
 
-    def info(self) -> dict:
-        info = self._classifier.info
+    def metadata(self) -> dict:
+        weights = self._model.weights
         return {
-            "model": info.model_name,
-            "model_version": info.version,
-            "device": str(self._classifier.device),
-            "num_classes": self._classifier.num_classes,
-            "load_seconds": round(self._classifier.load_seconds, 3),
+            "model": weights.model_name,
+            "model_version": weights.version,
+            "device": str(self._model.device),
+            "num_classes": self._model.num_classes,
+            "load_seconds": round(self._model.load_seconds, 3),
             "tuning": self._tuning.model_dump(),
         }
 
     @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
                  batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
-    async def classify(self, groups: list[np.ndarray]) -> list[np.ndarray]:
+    async def classify_uint8(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities each."""
-        return await self._run(self._classifier.predict_uint8, groups)
+        return await self._run(self._model.forward_uint8, groups)
 
     @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
                  batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
     async def classify_normalized(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities each."""
-        return await self._run(self._classifier.predict_normalized, groups)
+        return await self._run(self._model.forward_normalized, groups)
 
     async def _run(self, predict, groups: list[np.ndarray]) -> list[np.ndarray]:
         started = time.perf_counter()

@@ -32,7 +32,7 @@ MODEL_FAILURES: dict[type[Exception], tuple[str, str]] = {
 
 
 class ClassificationPipeline:
-    """``model`` is the model deployment's handle (``classify``, ``classify_normalized`` and ``info``,
+    """``model`` is the model deployment's handle (``classify_uint8``, ``classify_normalized``, ``metadata``,
     each called as ``.remote(...)``); ``metrics`` has ``images`` (a counter) and ``decode_seconds``
     (a histogram), as serve_app.metrics.IngressMetrics."""
 
@@ -50,7 +50,7 @@ class ClassificationPipeline:
     async def require_ready(self, timeout_s: float) -> dict:
         """The model answers within ``timeout_s``, or a 503 ``not_ready``."""
         try:
-            return await asyncio.wait_for(self._model.info.remote(), timeout_s)
+            return await asyncio.wait_for(self._model.metadata.remote(), timeout_s)
         except (asyncio.TimeoutError, BackPressureError, RayActorError) as exc:  # noqa: UP041 - not builtin TimeoutError on 3.10
             raise NotReady(f"model is not ready: {type(exc).__name__}") from None
 
@@ -83,7 +83,7 @@ class ClassificationPipeline:
 
     async def call_model(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """One model call for a group of decoded images (what ``group`` collects)."""
-        return list(await self._model.classify.remote(np.stack(arrays)))
+        return list(await self._model.classify_uint8.remote(np.stack(arrays)))
 
     async def _ungrouped(self, array: np.ndarray) -> np.ndarray:
         return (await self.call_model([array]))[0]

@@ -14,9 +14,9 @@ from tritonclient.utils import InferenceServerException
 
 from harness.images import CAT_LABELS
 from harness.ray_cluster import REPO, load_serve_config
-from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings
+from serve_app.torch_model import TorchModel
 
 MODEL = "mobilenet_v2"
 KSERVE_PYTHON = REPO / ".tools" / "kserve-client" / "bin" / "python"
@@ -52,10 +52,10 @@ def client(base_url):
 
 
 @pytest.fixture(scope="module")
-def local_classifier():
+def local_model():
     """The same model, built from the same Serve config args, called directly (no Ray)."""
     args = load_serve_config()["applications"][0]["args"]
-    return Classifier(AppSettings(**args))
+    return TorchModel(AppSettings(**args))
 
 
 def image_input(images: list[bytes], binary: bool) -> triton.InferInput:
@@ -97,19 +97,19 @@ def test_infer_encoded_images(client, cat_png, coffee_png, binary):
     assert abs(float(cat_top[0]) - float(probs[0].max())) < 1e-5
 
 
-def test_served_probabilities_equal_a_direct_model_call(client, local_classifier, cat_png, hopper_jpg):
+def test_served_probabilities_equal_a_direct_model_call(client, local_model, cat_png, hopper_jpg):
     result = client.infer(MODEL, [image_input([cat_png, hopper_jpg], True)])
     served = result.as_numpy("probabilities")
-    prep = local_classifier.info.preprocessing
-    direct = local_classifier.predict_uint8(
+    prep = local_model.weights.preprocessing
+    direct = local_model.forward_uint8(
         np.stack([decode_image(d, prep, 40_000_000) for d in (cat_png, hopper_jpg)])
     )
     np.testing.assert_allclose(served, direct, atol=1e-4)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_normalised_fp32_tensor(client, local_classifier, coffee_png, binary):
-    info = local_classifier.info
+def test_infer_normalised_fp32_tensor(client, local_model, coffee_png, binary):
+    info = local_model.weights
     image = decode_image(coffee_png, info.preprocessing, 40_000_000)[None].astype(np.float32)
     mean = np.array(info.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.array(info.std, np.float32).reshape(1, 3, 1, 1)
@@ -118,7 +118,7 @@ def test_infer_normalised_fp32_tensor(client, local_classifier, coffee_png, bina
     inp.set_data_from_numpy(tensor, binary_data=binary)
     probs = client.infer(MODEL, [inp]).as_numpy("probabilities")
     assert info.categories[int(probs[0].argmax())] == "espresso"
-    np.testing.assert_allclose(probs, local_classifier.predict_normalized(tensor), atol=1e-4)
+    np.testing.assert_allclose(probs, local_model.forward_normalized(tensor), atol=1e-4)
 
 
 def test_errors_reach_the_client_as_exceptions(client):

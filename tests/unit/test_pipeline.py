@@ -44,7 +44,7 @@ class Remote:
 class FakeModel:
     """Scores each image by its mean pixel, so results can be matched to inputs."""
 
-    def __init__(self, fail: Exception | None = None, info_delay_s: float = 0.0):
+    def __init__(self, fail: Exception | None = None, metadata_delay_s: float = 0.0):
         self.calls: list = []
 
         def score(batch):
@@ -52,9 +52,9 @@ class FakeModel:
                 raise fail
             return np.stack([self._scores(float(a.mean())) for a in batch])
 
-        self.classify = Remote(lambda batch: list(score(batch)), self.calls)
+        self.classify_uint8 = Remote(lambda batch: list(score(batch)), self.calls)
         self.classify_normalized = Remote(score, self.calls)
-        self.info = Remote(lambda: {"ready": True}, [], delay_s=info_delay_s)
+        self.metadata = Remote(lambda: {"ready": True}, [], delay_s=metadata_delay_s)
 
     @staticmethod
     def _scores(mean: float) -> np.ndarray:
@@ -160,7 +160,7 @@ def test_a_tensor_goes_in_calls_of_at_most_the_group_size():
 def test_readiness_is_a_503_when_the_model_is_slow():
     pipe, _ = pipeline(FakeModel())
     assert run(pipe.require_ready(1.0)) == {"ready": True}
-    slow, _ = pipeline(FakeModel(info_delay_s=1.0))
+    slow, _ = pipeline(FakeModel(metadata_delay_s=1.0))
     with pytest.raises(NotReady) as err:
         run(slow.require_ready(0.05))
     assert err.value.status == 503 and "TimeoutError" in err.value.message

@@ -29,22 +29,22 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-class Classifier:
+class TorchModel:
     """A loaded, optimised and warmed-up model that maps image batches to class probabilities."""
 
     def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] = tuple(range(1, 17))):
         started = time.perf_counter()
         torch.set_num_threads(settings.num_threads)
         self.device = resolve_device(settings.device)
-        self.info: WeightsInfo = describe(settings.model_name, settings.weights, settings.weights_sha256)
+        self.weights: WeightsInfo = describe(settings.model_name, settings.weights, settings.weights_sha256)
         model = torchvision.models.get_model(
-            settings.model_name, weights=None, num_classes=len(self.info.categories)
+            settings.model_name, weights=None, num_classes=len(self.weights.categories)
         )
         model.load_state_dict(
             load_state_dict(settings.model_name, settings.weights, settings.weights_sha256)
         )
         model.eval().to(self.device, memory_format=torch.channels_last)
-        crop = self.info.preprocessing.crop_size
+        crop = self.weights.preprocessing.crop_size
         self.input_shape = (3, crop, crop)
         if settings.optimize == "torchscript":
             example = torch.zeros((1, *self.input_shape), device=self.device)
@@ -56,15 +56,15 @@ class Classifier:
                 traced = torch.jit.trace(model, example, check_trace=False)
                 model = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         self.model = model
-        std = torch.tensor(self.info.std, device=self.device).view(1, 3, 1, 1)
-        mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.weights.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.weights.mean, device=self.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
         self._warm: set[int] = set()
         self.warm_up(warmup_batch_sizes)
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s %s on %s in %.2fs", settings.model_name, self.info.version,
+        log.info("loaded %s %s on %s in %.2fs", settings.model_name, self.weights.version,
                  self.device, self.load_seconds)
 
     def warm_up(self, batch_sizes) -> None:
@@ -76,12 +76,12 @@ class Classifier:
         crop = self.input_shape[1]
         for size in sorted(set(batch_sizes) - self._warm):
             for _ in range(2):
-                self.predict_uint8(np.zeros((size, crop, crop, 3), np.uint8))
+                self.forward_uint8(np.zeros((size, crop, crop, 3), np.uint8))
             self._warm.add(size)
 
     @property
     def num_classes(self) -> int:
-        return len(self.info.categories)
+        return len(self.weights.categories)
 
     def normalize(self, batch_nhwc: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> normalised float32 NCHW in channels_last memory (no layout copy)."""
@@ -89,12 +89,12 @@ class Classifier:
         return torch.addcmul(self._shift, x.float(), self._scale)
 
     @torch.inference_mode()
-    def predict_uint8(self, batch_nhwc: np.ndarray) -> np.ndarray:
+    def forward_uint8(self, batch_nhwc: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, num_classes)`` float32 for uint8 images ``(N, H, W, 3)``."""
         return self._forward(self.normalize(batch_nhwc))
 
     @torch.inference_mode()
-    def predict_normalized(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def forward_normalized(self, batch_nchw: np.ndarray) -> np.ndarray:
         """Class probabilities for already-normalised float32 input ``(N, 3, H, W)``."""
         x = torch.from_numpy(batch_nchw).to(self.device).contiguous(memory_format=torch.channels_last)
         return self._forward(x)

@@ -7,21 +7,21 @@ import numpy as np
 import pytest
 
 from harness.images import CAT_LABELS
-from serve_app.classifier import Classifier
 from serve_app.imaging import decode_image
 from serve_app.settings import AppSettings
+from serve_app.torch_model import TorchModel
 
 
 @pytest.fixture(scope="module")
 def classifiers():
-    return {mode: Classifier(AppSettings(optimize=mode)) for mode in ("eager", "torchscript")}
+    return {mode: TorchModel(AppSettings(optimize=mode)) for mode in ("eager", "torchscript")}
 
 
 def test_classifier_recognises_the_cat_in_both_modes(classifiers, cat_png):
-    info = classifiers["eager"].info
+    info = classifiers["eager"].weights
     image = decode_image(cat_png, info.preprocessing, 40_000_000)[None]
-    eager = classifiers["eager"].predict_uint8(image)
-    scripted = classifiers["torchscript"].predict_uint8(image)
+    eager = classifiers["eager"].forward_uint8(image)
+    scripted = classifiers["torchscript"].forward_uint8(image)
     assert info.categories[int(eager.argmax())] in CAT_LABELS
     np.testing.assert_allclose(scripted, eager, atol=1e-4)
     assert abs(float(eager.sum()) - 1.0) < 1e-4
@@ -29,21 +29,21 @@ def test_classifier_recognises_the_cat_in_both_modes(classifiers, cat_png):
 
 def test_uint8_and_normalised_inputs_agree(classifiers, coffee_png):
     clf = classifiers["torchscript"]
-    image = decode_image(coffee_png, clf.info.preprocessing, 40_000_000)[None]
-    mean = np.array(clf.info.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.array(clf.info.std, np.float32).reshape(1, 3, 1, 1)
+    image = decode_image(coffee_png, clf.weights.preprocessing, 40_000_000)[None]
+    mean = np.array(clf.weights.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(clf.weights.std, np.float32).reshape(1, 3, 1, 1)
     normalised = ((image.transpose(0, 3, 1, 2) / 255.0 - mean) / std).astype(np.float32)
-    np.testing.assert_allclose(clf.predict_normalized(normalised), clf.predict_uint8(image), atol=1e-4)
-    assert clf.info.categories[int(clf.predict_uint8(image).argmax())] == "espresso"
+    np.testing.assert_allclose(clf.forward_normalized(normalised), clf.forward_uint8(image), atol=1e-4)
+    assert clf.weights.categories[int(clf.forward_uint8(image).argmax())] == "espresso"
 
 
 def test_batched_rows_equal_single_rows(classifiers, cat_png, coffee_png, hopper_jpg):
     clf = classifiers["torchscript"]
-    images = np.stack([decode_image(d, clf.info.preprocessing, 40_000_000)
+    images = np.stack([decode_image(d, clf.weights.preprocessing, 40_000_000)
                        for d in (cat_png, coffee_png, hopper_jpg)])
-    batched = clf.predict_uint8(images)
+    batched = clf.forward_uint8(images)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], clf.predict_uint8(images[i : i + 1])[0], atol=1e-4)
+        np.testing.assert_allclose(batched[i], clf.forward_uint8(images[i : i + 1])[0], atol=1e-4)
 
 
 def test_cuda_requested_without_a_gpu_fails_clearly():
@@ -52,4 +52,4 @@ def test_cuda_requested_without_a_gpu_fails_clearly():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        Classifier(AppSettings(device="cuda"))
+        TorchModel(AppSettings(device="cuda"))
