@@ -13,14 +13,16 @@ run: setup        ## serve the classifier locally on http://127.0.0.1:8000
 status:           ## from a second shell: serve status, serve config and the dashboard token of make run
 	bash scripts/status.sh
 
-lint: setup       ## ruff, with the rules pyproject.toml names
+lint: setup       ## ruff: the rules pyproject.toml names, and the formatter's check (ruff format . fixes it)
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 test-unit: setup   ## the unit tier only: pure logic, no Ray, Docker, torch or tools (tests/unit, seconds)
 	.venv/bin/python -m pytest -m unit tests/unit
 
 test: setup tools ## lint, then the whole test suite: real Ray Serve, then the real cluster (started and stopped here)
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest
 	bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster
 

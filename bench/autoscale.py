@@ -35,9 +35,11 @@ APP, DEPLOYMENT = "classifier", "ImageClassifier"
 
 
 def replicas_of(apps_doc: dict) -> tuple[int | None, list[dict]]:
-    dep = (apps_doc.get("applications", {}).get(APP, {}).get("deployments", {}).get(DEPLOYMENT, {}))
-    reps = [{"id": r.get("replica_id"), "state": r.get("state"), "pid": r.get("pid")}
-            for r in dep.get("replicas", [])]
+    dep = apps_doc.get("applications", {}).get(APP, {}).get("deployments", {}).get(DEPLOYMENT, {})
+    reps = [
+        {"id": r.get("replica_id"), "state": r.get("state"), "pid": r.get("pid")}
+        for r in dep.get("replicas", [])
+    ]
     return dep.get("target_num_replicas"), reps
 
 
@@ -97,20 +99,21 @@ def window_stats(samples: np.ndarray, t0: float, t1: float) -> dict:
     ok = sel[sel[:, 2] == 1] if len(sel) else sel
     lat = ok[:, 1] if len(ok) else np.array([])
     return {
-        "requests": int(len(sel)), "failures": int(len(sel) - len(ok)),
+        "requests": int(len(sel)),
+        "failures": int(len(sel) - len(ok)),
         "rps": float(len(sel) / (t1 - t0)) if t1 > t0 else 0.0,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
     }
 
 
-def analyse(timeline: list[dict], samples: np.ndarray, spike_start: float, spike_end: float,
-            busy_cores: float) -> dict:
+def analyse(
+    timeline: list[dict], samples: np.ndarray, spike_start: float, spike_end: float, busy_cores: float
+) -> dict:
     """Reaction times (seconds after the spike starts) and latency per phase."""
     polls = [p for p in timeline if "replicas" in p]
     before = [p for p in polls if p["t"] < spike_start]
-    baseline_ids = {r["id"] for r in (before[-1]["replicas"] if before else [])
-                    if r["state"] == "RUNNING"}
+    baseline_ids = {r["id"] for r in (before[-1]["replicas"] if before else []) if r["state"] == "RUNNING"}
     base_target = before[-1]["target"] if before else None
     t_decision = t_running = t_serving = None
     for p in polls:
@@ -121,8 +124,9 @@ def analyse(timeline: list[dict], samples: np.ndarray, spike_start: float, spike
             t_decision = p["t"] - spike_start
         if t_running is None and any(r["state"] == "RUNNING" for r in new):
             t_running = p["t"] - spike_start
-        if t_serving is None and any(r["state"] == "RUNNING" and (r.get("cores") or 0) > busy_cores
-                                     for r in new):
+        if t_serving is None and any(
+            r["state"] == "RUNNING" and (r.get("cores") or 0) > busy_cores for r in new
+        ):
             t_serving = p["t"] - spike_start
     running = [(p["t"], sum(r["state"] == "RUNNING" for r in p["replicas"])) for p in polls]
     after = [c for t, c in running if t >= spike_end]
@@ -131,13 +135,15 @@ def analyse(timeline: list[dict], samples: np.ndarray, spike_start: float, spike
         "baseline_replicas": len(baseline_ids),
         "max_running_replicas": max((c for _, c in running), default=0),
         "running_replicas_at_end": after[-1] if after else None,
-        "upscale_decision_s": t_decision, "new_replica_running_s": t_running,
+        "upscale_decision_s": t_decision,
+        "new_replica_running_s": t_running,
         "new_replica_serving_s": t_serving,
         "before_spike": window_stats(samples, spike_start - 20, spike_start),
         "spike": window_stats(samples, spike_start, spike_end),
         "spike_first_10s": window_stats(samples, spike_start, spike_start + 10),
-        "spike_after_scale_up": (window_stats(samples, spike_start + t_serving, spike_end)
-                                 if t_serving is not None else None),
+        "spike_after_scale_up": (
+            window_stats(samples, spike_start + t_serving, spike_end) if t_serving is not None else None
+        ),
         "after_spike": window_stats(samples, spike_end, t_last + 0.001),
     }
 
@@ -150,11 +156,21 @@ def plot(result: dict, timeline: list[dict], samples: np.ndarray, t0: float, pat
 
     fig, ax1 = plt.subplots(figsize=(9, 4))
     polls = [p for p in timeline if "replicas" in p]
-    ax1.step([p["t"] - t0 for p in polls],
-             [sum(r["state"] == "RUNNING" for r in p["replicas"]) for p in polls], where="post",
-             color="C0", label="RUNNING model replicas")
-    ax1.step([p["t"] - t0 for p in polls], [p["target"] for p in polls], where="post", color="C0",
-             ls=":", label="target replicas")
+    ax1.step(
+        [p["t"] - t0 for p in polls],
+        [sum(r["state"] == "RUNNING" for r in p["replicas"]) for p in polls],
+        where="post",
+        color="C0",
+        label="RUNNING model replicas",
+    )
+    ax1.step(
+        [p["t"] - t0 for p in polls],
+        [p["target"] for p in polls],
+        where="post",
+        color="C0",
+        ls=":",
+        label="target replicas",
+    )
     ax1.set_ylabel("replicas")
     top = max([p["target"] or 0 for p in polls] + [len(p["replicas"]) for p in polls] + [1])
     ax1.set_ylim(0, top + 1)
@@ -181,15 +197,22 @@ def plot(result: dict, timeline: list[dict], samples: np.ndarray, t0: float, pat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.autoscale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.autoscale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--users", type=int, help="spike peak users (20); baseline is a tenth")
     p.add_argument("--duration", type=float, help="whole run in seconds (100)")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--busy-cores", type=float, default=0.2,
-                   help="CPU (cores) above which a new replica counts as serving traffic")
+    p.add_argument(
+        "--busy-cores",
+        type=float,
+        default=0.2,
+        help="CPU (cores) above which a new replica counts as serving traffic",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "autoscale")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
@@ -209,12 +232,28 @@ def main(argv=None) -> int:
         cluster.deploy(config)
         poller = Poller(cluster.http, cluster.dashboard_url)
         poller.start()
-        cmd = [sys.executable, "-m", "loadtest.run", "--host", cluster.serve_url, "--shape", "spike",
-               "--users", str(args.users), "--duration", str(args.duration),
-               "--out", str(args.out / "locust"), "--samples", str(samples_path),
-               "--slo-p99-ms", "500"]
-        proc = subprocess.run(cmd, cwd=REPO, timeout=args.duration + 120,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        cmd = [
+            sys.executable,
+            "-m",
+            "loadtest.run",
+            "--host",
+            cluster.serve_url,
+            "--shape",
+            "spike",
+            "--users",
+            str(args.users),
+            "--duration",
+            str(args.duration),
+            "--out",
+            str(args.out / "locust"),
+            "--samples",
+            str(samples_path),
+            "--slo-p99-ms",
+            "500",
+        ]
+        proc = subprocess.run(
+            cmd, cwd=REPO, timeout=args.duration + 120, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         time.sleep(1)
         poller.stop()
     start, samples = read_samples(samples_path)
@@ -223,17 +262,23 @@ def main(argv=None) -> int:
     s0, s1 = params.spike_window()
     result = {
         "config": str(args.config),
-        "autoscaling_config": next(d for d in config["applications"][0]["deployments"]
-                                   if d["name"] == DEPLOYMENT).get("autoscaling_config"),
-        "users_peak": args.users, "users_baseline": params.baseline_users(),
-        "duration_s": args.duration, "spike_window_s": [s0, s1], "loadtest_exit": proc.returncode,
+        "autoscaling_config": next(
+            d for d in config["applications"][0]["deployments"] if d["name"] == DEPLOYMENT
+        ).get("autoscaling_config"),
+        "users_peak": args.users,
+        "users_baseline": params.baseline_users(),
+        "duration_s": args.duration,
+        "spike_window_s": [s0, s1],
+        "loadtest_exit": proc.returncode,
         "slo": json.loads((args.out / "locust" / "slo.json").read_text())
-        if (args.out / "locust" / "slo.json").exists() else None,
+        if (args.out / "locust" / "slo.json").exists()
+        else None,
         **analyse(poller.timeline, samples, start + s0, start + s1, args.busy_cores),
     }
     (args.out / "autoscale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "timeline.json").write_text(json.dumps(
-        [{**p, "t": round(p["t"] - start, 2)} for p in poller.timeline]) + "\n")
+    (args.out / "timeline.json").write_text(
+        json.dumps([{**p, "t": round(p["t"] - start, 2)} for p in poller.timeline]) + "\n"
+    )
     plot(result, poller.timeline, samples, start, args.out / "autoscale.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("slo",)}, indent=2))
     return 0

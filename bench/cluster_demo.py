@@ -72,9 +72,11 @@ class Timeline:
         return at
 
     def text(self) -> str:
-        return "\n".join(f"{e['t'] - self.start:7.1f} s  {e['what']}  " +
-                         ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "what"))
-                         for e in sorted(self.events, key=lambda e: e["t"]))
+        return "\n".join(
+            f"{e['t'] - self.start:7.1f} s  {e['what']}  "
+            + ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "what"))
+            for e in sorted(self.events, key=lambda e: e["t"])
+        )
 
 
 class Sampler(threading.Thread):
@@ -95,9 +97,15 @@ class Sampler(threading.Thread):
             cpu = None
             for metric in (hpa.get("status") or {}).get("currentMetrics") or []:
                 cpu = ((metric.get("resource") or {}).get("current") or {}).get("averageUtilization", cpu)
-            self.samples.append({"t": time.time(), "pods": len(pods),
-                                 "ready": sum(map(ready, pods)),
-                                 "desired": deploy["spec"]["replicas"], "cpu_pct": cpu})
+            self.samples.append(
+                {
+                    "t": time.time(),
+                    "pods": len(pods),
+                    "ready": sum(map(ready, pods)),
+                    "desired": deploy["spec"]["replicas"],
+                    "cpu_pct": cpu,
+                }
+            )
 
     def stop(self) -> None:
         self._halt.set()
@@ -120,12 +128,17 @@ def replica_requests(ns: str, pod: str) -> dict[str, float]:
     """Requests each model replica of a pod handled (Ray Serve's own per-replica counter)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    proc = kt.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}:{METRICS_PORT}/proxy/metrics", check=False)
+    proc = kt.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}:{METRICS_PORT}/proxy/metrics", check=False
+    )
     out: dict[str, float] = {}
     if proc.returncode == 0:
         for family in text_string_to_metric_families(proc.stdout):
             for s in family.samples:
-                if s.name == "ray_serve_deployment_request_counter_total" and s.labels.get("deployment") == "ImageClassifier":
+                if (
+                    s.name == "ray_serve_deployment_request_counter_total"
+                    and s.labels.get("deployment") == "ImageClassifier"
+                ):
                     out[s.labels["replica"]] = out.get(s.labels["replica"], 0) + s.value
     return out
 
@@ -157,8 +170,10 @@ def p(values: list[float], q: float) -> float:
 
 def load_figures(load: kt.Load) -> dict:
     lat = [d for _, d, ok in load.requests_log if ok]
+
     def ms(q: float) -> int | None:
         return round(p(lat, q) * 1000) if lat else None  # None: nothing succeeded
+
     return {"requests": load.total, "failed": load.failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99)}
 
 
@@ -171,8 +186,14 @@ class Demo:
         self.loads: list[tuple[str, float, kt.Load]] = []  # (phase, wall start, load) for the timeline
 
     def load(self, phase: str, clients: int, max_seconds: float) -> kt.Load:
-        load = kt.Load(f"http://127.0.0.1:{self.port}/predict", self.body, clients=clients, max_seconds=max_seconds,
-                       timeout_s=60, record=True)
+        load = kt.Load(
+            f"http://127.0.0.1:{self.port}/predict",
+            self.body,
+            clients=clients,
+            max_seconds=max_seconds,
+            timeout_s=60,
+            record=True,
+        )
         self.loads.append((phase, time.time() - time.monotonic(), load))
         return load
 
@@ -202,7 +223,9 @@ class Demo:
         for pod in pods:
             now = replica_requests(self.ns, pod)
             for replica, count in now.items():
-                per_replica[f"{pod[-5:]}/{replica.rsplit('#', 1)[-1]}"] = int(count - replicas_before[pod].get(replica, 0))
+                per_replica[f"{pod[-5:]}/{replica.rsplit('#', 1)[-1]}"] = int(
+                    count - replicas_before[pod].get(replica, 0)
+                )
         self.figures["steady"] = {**load_figures(load), "per_pod": per_pod, "per_model_replica": per_replica}
         self.tl.mark("steady load done", **load_figures(load), per_pod=per_pod)
         print(f"           per model replica: {per_replica}")
@@ -214,8 +237,12 @@ class Demo:
         if kt.get("deployment", NAME, self.ns)["spec"]["replicas"] > hpa["spec"]["minReplicas"]:
             # The steady load alone took the HPA above its minimum: a spike would find no room to scale.
             self.tl.mark("the HPA scaled up under the steady load; waiting for it to return to its minimum")
-            kt.wait_for(lambda: len(serve_pods(self.ns)) == hpa["spec"]["minReplicas"], self.args.scale_down_seconds + 120,
-                        "the HPA back at its minimum", poll_s=5)
+            kt.wait_for(
+                lambda: len(serve_pods(self.ns)) == hpa["spec"]["minReplicas"],
+                self.args.scale_down_seconds + 120,
+                "the HPA back at its minimum",
+                poll_s=5,
+            )
         base = serve_pods(self.ns)
         t0 = self.tl.mark(f"spike: {clients} clients ({self.args.spike_factor}x)")
         f: dict = {"clients": clients, "pods_before": len(base)}
@@ -226,8 +253,15 @@ class Demo:
                 deploy = kt.get("deployment", NAME, self.ns)
                 if "decision_s" not in f and deploy["spec"]["replicas"] > len(base):
                     hpa = kt.get("hpa", NAME, self.ns)
-                    f["decision_s"] = round(self.tl.mark("HPA decision", replicas=deploy["spec"]["replicas"],
-                                                         cpu=[m["resource"]["current"] for m in hpa["status"].get("currentMetrics", [])]) - t0, 1)
+                    f["decision_s"] = round(
+                        self.tl.mark(
+                            "HPA decision",
+                            replicas=deploy["spec"]["replicas"],
+                            cpu=[m["resource"]["current"] for m in hpa["status"].get("currentMetrics", [])],
+                        )
+                        - t0,
+                        1,
+                    )
                 pods = serve_pods(self.ns)
                 added = [n for n in pods if n not in base]
                 if added and new is None:
@@ -241,7 +275,9 @@ class Demo:
                         f["scheduled_s"] = round(self.tl.mark("new pod scheduled", at=at) - t0, 1)
                     if "ready_s" not in f and ready(pod):
                         at = iso(kt.condition(pod, "Ready")["lastTransitionTime"])
-                        f["ready_s"] = round(self.tl.mark("new pod Ready (in the Service's endpoints)", at=at) - t0, 1)
+                        f["ready_s"] = round(
+                            self.tl.mark("new pod Ready (in the Service's endpoints)", at=at) - t0, 1
+                        )
                     if "ready_s" in f and "serving_s" not in f and served(self.ns, new) > 0:
                         # The pod's counter is exported every few seconds: an upper bound by that much.
                         f["serving_s"] = round(self.tl.mark("new pod served its first requests") - t0, 1)
@@ -262,12 +298,27 @@ class Demo:
         t = self.tl.mark("rolling update 0.1.0 -> 0.1.1 (helm upgrade --set image.tag=0.1.1)")
         with self.load("update", self.args.steady_clients, 1800) as load:
             time.sleep(5)
-            kt.helm("upgrade", RELEASE, str(kt.CHART), "-n", self.ns, "-f", str(REPO / VALUES),
-                    "--set", "image.tag=0.1.1")
-            kt.kubectl("rollout", "status", "-n", self.ns, f"deployment/{NAME}", "--timeout=900s", timeout=920)
+            kt.helm(
+                "upgrade",
+                RELEASE,
+                str(kt.CHART),
+                "-n",
+                self.ns,
+                "-f",
+                str(REPO / VALUES),
+                "--set",
+                "image.tag=0.1.1",
+            )
+            kt.kubectl(
+                "rollout", "status", "-n", self.ns, f"deployment/{NAME}", "--timeout=900s", timeout=920
+            )
             time.sleep(10)
         images = {c["image"] for p in serve_pods(self.ns).values() for c in p["spec"]["containers"]}
-        self.figures["rolling_update"] = {**load_figures(load), "seconds": round(time.time() - t), "images": sorted(images)}
+        self.figures["rolling_update"] = {
+            **load_figures(load),
+            "seconds": round(time.time() - t),
+            "images": sorted(images),
+        }
         self.tl.mark("rolling update done", **load_figures(load), images=sorted(images))
         self.phase("update", t)
 
@@ -280,11 +331,23 @@ class Demo:
             t = self.tl.mark(f"kubectl delete pod {victim}")
             deleted = time.monotonic()
             kt.kubectl("delete", "pod", victim, "-n", self.ns, "--wait=false")
-            back = kt.wait_for(lambda: (lambda ps: sum(ready(p) for n, p in ps.items() if n != victim) >= count
-                                        and ps)(serve_pods(self.ns)), 300, "full capacity again", poll_s=1)
+            back = kt.wait_for(
+                lambda: (lambda ps: sum(ready(p) for n, p in ps.items() if n != victim) >= count and ps)(
+                    serve_pods(self.ns)
+                ),
+                300,
+                "full capacity again",
+                poll_s=1,
+            )
             replacement = sorted(n for n in back if n not in pods)
-            at = iso(kt.condition(back[replacement[0]], "Ready")["lastTransitionTime"]) if replacement else time.time()
-            full_s = round(self.tl.mark("full capacity again (replacement pod Ready)", at=at, pod=replacement) - t, 1)
+            at = (
+                iso(kt.condition(back[replacement[0]], "Ready")["lastTransitionTime"])
+                if replacement
+                else time.time()
+            )
+            full_s = round(
+                self.tl.mark("full capacity again (replacement pod Ready)", at=at, pod=replacement) - t, 1
+            )
             time.sleep(10)
         gap = round(longest_gap(load.requests_log, deleted), 2)
         self.figures["pod_loss"] = {**load_figures(load), "full_capacity_s": full_s, "longest_gap_s": gap}
@@ -320,15 +383,24 @@ class Demo:
         rules = self.prom.rules()
         targets = self.prom.active_targets()
         self.figures["prometheus"] = {
-            "targets_up": sum(t["health"] == "up" for t in targets), "targets": len(targets),
-            "dashboard_queries_with_data": with_data, "dashboard_queries_empty": empty,
-            "rules": len(rules), "rules_ok": sum(r["health"] == "ok" for r in rules)}
+            "targets_up": sum(t["health"] == "up" for t in targets),
+            "targets": len(targets),
+            "dashboard_queries_with_data": with_data,
+            "dashboard_queries_empty": empty,
+            "rules": len(rules),
+            "rules_ok": sum(r["health"] == "ok" for r in rules),
+        }
         self.tl.mark("Prometheus", **self.figures["prometheus"])
 
     def pictures(self) -> None:
         out = self.args.out
-        drawn = render(self.prom.url, out / "cluster-overview.png", self.tl.start, time.time(),
-                       {"namespace": self.ns, "cluster": RELEASE, "application": "classifier"})
+        drawn = render(
+            self.prom.url,
+            out / "cluster-overview.png",
+            self.tl.start,
+            time.time(),
+            {"namespace": self.ns, "cluster": RELEASE, "application": "classifier"},
+        )
         self.tl.mark(f"wrote {out / 'cluster-overview.png'}", panels=len(drawn))
         draw_timeline(timeline_data(self), out / "demo-timeline.png")
         self.tl.mark(f"wrote {out / 'demo-timeline.png'}")
@@ -343,7 +415,9 @@ class Demo:
         self.sampler = sampler = Sampler(self.ns)
         try:
             with ClusterPrometheus([self.ns]) as self.prom:
-                self.tl.mark(f"Prometheus scraping namespace {self.ns} on {self.prom.url} (the PodMonitors' selection)")
+                self.tl.mark(
+                    f"Prometheus scraping namespace {self.ns} on {self.prom.url} (the PodMonitors' selection)"
+                )
                 self.deploy()
                 sampler.start()
                 with kt.gateway(f"{NAME}.{self.ns}.svc.cluster.local:8000", self.image) as self.port:
@@ -362,8 +436,12 @@ class Demo:
             try:
                 sampler.stop()
                 (args.out / "timeline.txt").write_text(self.tl.text() + "\n")
-                (args.out / "demo.json").write_text(json.dumps({"figures": self.figures, "events": self.tl.events,
-                                                                "picture": timeline_data(self)}, indent=1))
+                (args.out / "demo.json").write_text(
+                    json.dumps(
+                        {"figures": self.figures, "events": self.tl.events, "picture": timeline_data(self)},
+                        indent=1,
+                    )
+                )
             finally:
                 self.tl.mark(f"cleaning up namespace {self.ns}")
                 kt.delete_namespace(self.ns)
@@ -381,8 +459,13 @@ def timeline_data(demo: Demo) -> dict:
             second = int(t + offset - demo.tl.start)
             counts = ok if good else bad
             counts[second] = counts.get(second, 0) + 1
-    return {"start": demo.tl.start, "phases": demo.tl.phases, "samples": list(demo.sampler.samples),
-            "answered": ok, "failed": bad}
+    return {
+        "start": demo.tl.start,
+        "phases": demo.tl.phases,
+        "samples": list(demo.sampler.samples),
+        "answered": ok,
+        "failed": bad,
+    }
 
 
 def draw_timeline(data: dict, out: Path) -> None:
@@ -395,8 +478,14 @@ def draw_timeline(data: dict, out: Path) -> None:
     ok = {int(k): v for k, v in data["answered"].items()}
     bad = {int(k): v for k, v in data["failed"].items()}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    colours = {"deploy": "#eeeeee", "steady": "#e3f2fd", "spike": "#ffe0b2", "update": "#e8f5e9",
-               "pod loss": "#ffebee", "idle": "#f5f5f5"}
+    colours = {
+        "deploy": "#eeeeee",
+        "steady": "#e3f2fd",
+        "spike": "#ffe0b2",
+        "update": "#e8f5e9",
+        "pod loss": "#ffebee",
+        "idle": "#f5f5f5",
+    }
     for ax in (ax1, ax2):
         for name, start, end in data["phases"]:
             ax.axvspan(start - t0, end - t0, color=colours.get(name, "#fafafa"), zorder=0)
@@ -409,14 +498,18 @@ def draw_timeline(data: dict, out: Path) -> None:
         cpu = [(s["t"] - t0, s["cpu_pct"]) for s in samples if s["cpu_pct"] is not None]
         if cpu:
             ax1b = ax1.twinx()
-            ax1b.plot([c[0] for c in cpu], [c[1] for c in cpu], color="grey", linewidth=0.8, label="HPA CPU %")
+            ax1b.plot(
+                [c[0] for c in cpu], [c[1] for c in cpu], color="grey", linewidth=0.8, label="HPA CPU %"
+            )
             ax1b.set_ylabel("CPU % of request", fontsize=8)
     ax1.set_ylabel("pods")
     ax1.set_ylim(0, 6)
     ax1.legend(loc="upper left", fontsize=8)
     if ok:
         xs = range(min(ok), max(ok) + 1)
-        ax2.plot(list(xs), [sum(ok.get(x - i, 0) for i in range(5)) / 5 for x in xs], label="answered/s (5 s mean)")
+        ax2.plot(
+            list(xs), [sum(ok.get(x - i, 0) for i in range(5)) / 5 for x in xs], label="answered/s (5 s mean)"
+        )
     if bad:
         ax2.bar(list(bad), list(bad.values()), color="red", label="failed")
     ax2.set_ylabel("requests/s")
@@ -434,8 +527,12 @@ def main() -> int:
     parser.add_argument("--steady-clients", type=int, default=1)
     parser.add_argument("--spike-factor", type=int, default=10)
     parser.add_argument("--steady-seconds", type=float, default=60)
-    parser.add_argument("--scale-down-seconds", type=float, default=600,
-                        help="how long to wait for the HPA's scale-down (its window is 300 s)")
+    parser.add_argument(
+        "--scale-down-seconds",
+        type=float,
+        default=600,
+        help="how long to wait for the HPA's scale-down (its window is 300 s)",
+    )
     parser.add_argument("--docs", action="store_true", help="copy the pictures to docs/img/")
     args = parser.parse_args()
     if kt.kubectl("get", "--raw", "/readyz", check=False, timeout=20).returncode != 0:

@@ -70,7 +70,9 @@ def with_user_config(deployment: str, user_config: dict) -> list[dict]:
     so an override of user_config alone would drop the layer's autoscaling_config."""
     overrides: list[dict] = []
     for v in AUTOSCALING_VALUES:
-        overrides = (yaml.safe_load((REPO / v).read_text()).get("serveConfig") or {}).get("deploymentOverrides", overrides)
+        overrides = (yaml.safe_load((REPO / v).read_text()).get("serveConfig") or {}).get(
+            "deploymentOverrides", overrides
+        )
     overrides = copy.deepcopy(overrides)
     entry = next((o for o in overrides if o["name"] == deployment), None)
     if entry is None:
@@ -96,15 +98,23 @@ class ScalingWatch(threading.Thread):
         self._halt = threading.Event()
 
     def read(self) -> dict:
-        model = self.fetch("/api/serve/applications/")["applications"]["classifier"]["deployments"]["ImageClassifier"]
+        model = self.fetch("/api/serve/applications/")["applications"]["classifier"]["deployments"][
+            "ImageClassifier"
+        ]
         nodes = self.fetch("/api/v0/nodes?limit=100&detail=true")["data"]["result"]["result"]
         [raycluster] = kt.get("raycluster", namespace=self.ns)
-        pods = {p["metadata"]["name"]: p for p in kt.get("pods", namespace=self.ns, selector="ray.io/node-type=worker")}
-        return {"t": time.time(), "target": model.get("target_num_replicas"),
-                "replicas": [(r["replica_id"], r["state"], r.get("node_ip")) for r in model.get("replicas", [])],
-                "desired_workers": raycluster["spec"]["workerGroupSpecs"][0].get("replicas"),
-                "nodes": {n["node_ip"]: n for n in nodes if not n.get("is_head_node")},
-                "pods": pods}
+        pods = {
+            p["metadata"]["name"]: p
+            for p in kt.get("pods", namespace=self.ns, selector="ray.io/node-type=worker")
+        }
+        return {
+            "t": time.time(),
+            "target": model.get("target_num_replicas"),
+            "replicas": [(r["replica_id"], r["state"], r.get("node_ip")) for r in model.get("replicas", [])],
+            "desired_workers": raycluster["spec"]["workerGroupSpecs"][0].get("replicas"),
+            "nodes": {n["node_ip"]: n for n in nodes if not n.get("is_head_node")},
+            "pods": pods,
+        }
 
     def once(self, step: str, at: float | None = None, **figures) -> None:
         if step not in self.first:
@@ -116,15 +126,23 @@ class ScalingWatch(threading.Thread):
     def observe(self, sample: dict) -> None:
         base = self.base
         if sample["target"] > base["target"]:
-            self.once("Serve autoscaling decision", target_num_replicas=f"{base['target']} -> {sample['target']}")
+            self.once(
+                "Serve autoscaling decision", target_num_replicas=f"{base['target']} -> {sample['target']}"
+            )
         if sample["desired_workers"] > base["desired_workers"]:
-            self.once("Ray autoscaler: RayCluster worker replicas raised",
-                      replicas=f"{base['desired_workers']} -> {sample['desired_workers']}")
+            self.once(
+                "Ray autoscaler: RayCluster worker replicas raised",
+                replicas=f"{base['desired_workers']} -> {sample['desired_workers']}",
+            )
         for name, pod in self.new_pods(sample).items():
             self.once("worker pod created", at=iso(pod["metadata"]["creationTimestamp"]), pod=name)
             scheduled = kt.condition(pod, "PodScheduled")
             if scheduled.get("status") == "True":
-                self.once("worker pod scheduled", at=iso(scheduled["lastTransitionTime"]), node=pod["spec"].get("nodeName"))
+                self.once(
+                    "worker pod scheduled",
+                    at=iso(scheduled["lastTransitionTime"]),
+                    node=pod["spec"].get("nodeName"),
+                )
             if kt.is_ready(pod):
                 self.once("worker pod Ready", at=iso(kt.condition(pod, "Ready")["lastTransitionTime"]))
             ip = pod["status"].get("podIP")
@@ -143,7 +161,9 @@ class ScalingWatch(threading.Thread):
             if sample["target"] <= base["target"]:
                 self.once("Serve scaled the model back down", target_num_replicas=sample["target"])
             if sample["desired_workers"] <= base["desired_workers"]:
-                self.once("Ray autoscaler: RayCluster worker replicas lowered", replicas=sample["desired_workers"])
+                self.once(
+                    "Ray autoscaler: RayCluster worker replicas lowered", replicas=sample["desired_workers"]
+                )
             pods, added = sample["pods"], self.added
             if added and all(n not in pods or pods[n]["metadata"].get("deletionTimestamp") for n in added):
                 self.once("idle worker pod deleted")
@@ -158,8 +178,10 @@ class ScalingWatch(threading.Thread):
             except (AssertionError, KeyError, ValueError, OSError, requests.RequestException):
                 self.errors += 1  # the head answers slowly under the load: the next sample counts
                 continue
-            self.samples.append({k: v for k, v in sample.items() if k not in ("pods", "nodes")} |
-                                {"workers": len(sample["pods"]), "ray_workers": len(sample["nodes"])})
+            self.samples.append(
+                {k: v for k, v in sample.items() if k not in ("pods", "nodes")}
+                | {"workers": len(sample["pods"]), "ray_workers": len(sample["nodes"])}
+            )
             self.observe(sample)
 
     def stop(self) -> None:
@@ -168,15 +190,33 @@ class ScalingWatch(threading.Thread):
             self.join(30)
 
 
-STEPS_UP = ("Serve autoscaling decision", "Ray autoscaler: RayCluster worker replicas raised", "worker pod created",
-            "worker pod scheduled", "worker pod Ready", "Ray node joined (ALIVE)",
-            "model replica RUNNING on the new worker", "first request served on the new worker")
-STEPS_DOWN = ("Serve scaled the model back down", "Ray autoscaler: RayCluster worker replicas lowered",
-              "idle worker pod deleted", "idle worker pod gone")
+STEPS_UP = (
+    "Serve autoscaling decision",
+    "Ray autoscaler: RayCluster worker replicas raised",
+    "worker pod created",
+    "worker pod scheduled",
+    "worker pod Ready",
+    "Ray node joined (ALIVE)",
+    "model replica RUNNING on the new worker",
+    "first request served on the new worker",
+)
+STEPS_DOWN = (
+    "Serve scaled the model back down",
+    "Ray autoscaler: RayCluster worker replicas lowered",
+    "idle worker pod deleted",
+    "idle worker pod gone",
+)
 
 
-def observe_autoscaling(ns: str, port: int, body: bytes, tl: Timeline, clients: int = 10,
-                        max_up_s: float = 480, max_down_s: float = 420) -> dict:
+def observe_autoscaling(
+    ns: str,
+    port: int,
+    body: bytes,
+    tl: Timeline,
+    clients: int = 10,
+    max_up_s: float = 480,
+    max_down_s: float = 420,
+) -> dict:
     """A closed-loop load of ``clients`` from 127.0.0.1 until a model replica on a worker pod the Ray
     autoscaler added has served requests (or ``max_up_s``), then no load until that worker is gone
     (or ``max_down_s``). Returns the seconds from load start to each step, the load's figures and the
@@ -185,10 +225,19 @@ def observe_autoscaling(ns: str, port: int, body: bytes, tl: Timeline, clients: 
         watch = ScalingWatch(ns, fetch, tl)
         watch.start()
         try:
-            t0 = tl.mark(f"autoscaling: {clients} clients", replicas=watch.base["target"],
-                         workers=len(watch.base["pods"]))
-            with kt.Load(f"http://127.0.0.1:{port}/predict", body, clients=clients, max_seconds=max_up_s,
-                         timeout_s=60, record=True) as load:
+            t0 = tl.mark(
+                f"autoscaling: {clients} clients",
+                replicas=watch.base["target"],
+                workers=len(watch.base["pods"]),
+            )
+            with kt.Load(
+                f"http://127.0.0.1:{port}/predict",
+                body,
+                clients=clients,
+                max_seconds=max_up_s,
+                timeout_s=60,
+                record=True,
+            ) as load:
                 deadline = time.time() + max_up_s
                 while time.time() < deadline and "first request served on the new worker" not in watch.first:
                     time.sleep(1)
@@ -201,10 +250,17 @@ def observe_autoscaling(ns: str, port: int, body: bytes, tl: Timeline, clients: 
             watch.stop()
     peak = max((s["target"] for s in watch.samples), default=None)
     steps = {k: round(v - t0, 1) for k, v in watch.first.items()}
-    return {"clients": clients, **load_figures(load), "failures": dict(load.failures.most_common(3)),
-            "steps_s": steps, "peak_target_replicas": peak, "peak_workers": max((s["workers"] for s in watch.samples), default=None),
-            "added_pods": watch.added, "watch_errors": watch.errors,
-            "samples": watch.samples}
+    return {
+        "clients": clients,
+        **load_figures(load),
+        "failures": dict(load.failures.most_common(3)),
+        "steps_s": steps,
+        "peak_target_replicas": peak,
+        "peak_workers": max((s["workers"] for s in watch.samples), default=None),
+        "added_pods": watch.added,
+        "watch_errors": watch.errors,
+        "samples": watch.samples,
+    }
 
 
 class Bench:
@@ -214,8 +270,14 @@ class Bench:
         self.image = kt.chart_default_image()
 
     def load(self, max_seconds: float) -> kt.Load:
-        return kt.Load(f"http://127.0.0.1:{self.port}/predict", self.body, clients=self.args.clients,
-                       max_seconds=max_seconds, timeout_s=60, record=True)
+        return kt.Load(
+            f"http://127.0.0.1:{self.port}/predict",
+            self.body,
+            clients=self.args.clients,
+            max_seconds=max_seconds,
+            timeout_s=60,
+            record=True,
+        )
 
     # --- what the Ray cluster reports ------------------------------------------------------------------
     def serve_status(self) -> dict:
@@ -254,8 +316,14 @@ class Bench:
         for pod in pods:
             for replica, count in replica_requests(self.ns, pod).items():
                 per_replica[replica.rsplit("#", 1)[-1]] = int(count - replicas_before[pod].get(replica, 0))
-        self.figures["steady"] = {**load_figures(load), "per_proxy": per_pod, "per_model_replica": per_replica}
-        self.tl.mark("steady load done", **load_figures(load), per_proxy=per_pod, per_model_replica=per_replica)
+        self.figures["steady"] = {
+            **load_figures(load),
+            "per_proxy": per_pod,
+            "per_model_replica": per_replica,
+        }
+        self.tl.mark(
+            "steady load done", **load_figures(load), per_proxy=per_pod, per_model_replica=per_replica
+        )
 
     def in_place_update(self) -> None:
         cluster = kt.active_cluster(self.ns, NAME)
@@ -263,21 +331,39 @@ class Bench:
         want = 4 if before.get("max_batch_size") != 4 else 8
         with self.load(600) as load:
             time.sleep(10)
-            t = self.tl.mark(f"helm upgrade: ImageClassifier user_config max_batch_size {before.get('max_batch_size')} -> {want}")
+            t = self.tl.mark(
+                f"helm upgrade: ImageClassifier user_config max_batch_size {before.get('max_batch_size')} -> {want}"
+            )
             override = with_user_config("ImageClassifier", {**before, "max_batch_size": want})
             values = [arg for v in AUTOSCALING_VALUES for arg in ("-f", str(REPO / v))]
-            kt.helm("upgrade", RELEASE, str(kt.CHART), "-n", self.ns, *values, "--set-json",
-                    f"serveConfig.deploymentOverrides={json.dumps(override)}")
+            kt.helm(
+                "upgrade",
+                RELEASE,
+                str(kt.CHART),
+                "-n",
+                self.ns,
+                *values,
+                "--set-json",
+                f"serveConfig.deploymentOverrides={json.dumps(override)}",
+            )
 
             def applied():
                 app = self.serve_status()
                 config = app.get("deployments", {}).get("ImageClassifier", {}).get("deployment_config", {})
-                return app.get("status") == "RUNNING" and config.get("user_config", {}).get("max_batch_size") == want
+                return (
+                    app.get("status") == "RUNNING"
+                    and config.get("user_config", {}).get("max_batch_size") == want
+                )
+
             kt.wait_for(applied, 300, "the new user_config RUNNING", poll_s=1)
             applied_s = round(self.tl.mark("new user_config live (Serve RUNNING)") - t, 1)
             time.sleep(10)
         same = kt.active_cluster(self.ns, NAME) == cluster
-        self.figures["in_place_update"] = {**load_figures(load), "applied_s": applied_s, "same_ray_cluster": same}
+        self.figures["in_place_update"] = {
+            **load_figures(load),
+            "applied_s": applied_s,
+            "same_ray_cluster": same,
+        }
         self.tl.mark("in-place update done", **load_figures(load), same_ray_cluster=same)
 
     def autoscale(self) -> None:
@@ -285,13 +371,17 @@ class Bench:
         self.figures["autoscaling"] = {k: v for k, v in f.items() if k != "samples"}
         (self.args.out / "autoscaling-samples.json").write_text(json.dumps(f["samples"], indent=1))
         missing = [s for s in STEPS_UP + STEPS_DOWN if s not in f["steps_s"]]
-        self.tl.mark("autoscaling over", **{k: v for k, v in f.items() if k in ("requests", "failed", "p50_ms", "p99_ms")},
-                     missing=missing)
+        self.tl.mark(
+            "autoscaling over",
+            **{k: v for k, v in f.items() if k in ("requests", "failed", "p50_ms", "p99_ms")},
+            missing=missing,
+        )
 
     def pod_loss(self, kind: str) -> None:
         def one():  # an autoscaled worker may still be on its way out
             pods = [n for n, p in ray_pods(self.ns).items() if node_type(p) == kind]
             return pods if len(pods) == 1 else None
+
         [victim] = kt.wait_for(one, 300, f"exactly one {kind} pod")
         forward_restarts = len(kt.GATEWAY_FORWARD_RESTARTS)
         with self.load(900) as load:
@@ -303,11 +393,24 @@ class Bench:
             def full():
                 pods = ray_pods(self.ns)
                 fresh = [n for n, p in pods.items() if node_type(p) == kind and n != victim]
-                return fresh and all(kt.is_ready(p) for p in pods.values()) \
-                    and self.running_replicas() >= self.replicas and fresh
-            replacement = kt.wait_for(full, 900, f"a new {kind} pod and every model replica RUNNING", poll_s=2)
-            full_s = round(self.tl.mark(f"full capacity again ({kind} {replacement[0]} Ready, "
-                                        f"{self.replicas} model replicas RUNNING)") - t, 1)
+                return (
+                    fresh
+                    and all(kt.is_ready(p) for p in pods.values())
+                    and self.running_replicas() >= self.replicas
+                    and fresh
+                )
+
+            replacement = kt.wait_for(
+                full, 900, f"a new {kind} pod and every model replica RUNNING", poll_s=2
+            )
+            full_s = round(
+                self.tl.mark(
+                    f"full capacity again ({kind} {replacement[0]} Ready, "
+                    f"{self.replicas} model replicas RUNNING)"
+                )
+                - t,
+                1,
+            )
 
             def answering():
                 """The first success after the first failure (the deletion itself when nothing failed)."""
@@ -317,16 +420,22 @@ class Bench:
                 if first_failure is None:
                     return deleted
                 return next((end for end, ok in after if ok and end > first_failure), None)
+
             again = kt.wait_for(answering, 300, "the service answering through the gateway again", poll_s=1)
             if again > deleted:
                 self.tl.mark("service answering again", at=time.time() - (time.monotonic() - again))
             time.sleep(10)
             stopped = time.monotonic()
         gap = round(longest_gap(load.requests_log, deleted, until=stopped), 1)
-        figures = {**load_figures(load), "longest_gap_s": gap, "full_capacity_s": full_s,
-                   "answering_again_s": round(again - deleted, 1), "failures": dict(load.failures.most_common(3)),
-                   # kubectl port-forward to the gateway exiting (and restarted): its gaps count as failures
-                   "port_forward_restarts": len(kt.GATEWAY_FORWARD_RESTARTS) - forward_restarts}
+        figures = {
+            **load_figures(load),
+            "longest_gap_s": gap,
+            "full_capacity_s": full_s,
+            "answering_again_s": round(again - deleted, 1),
+            "failures": dict(load.failures.most_common(3)),
+            # kubectl port-forward to the gateway exiting (and restarted): its gaps count as failures
+            "port_forward_restarts": len(kt.GATEWAY_FORWARD_RESTARTS) - forward_restarts,
+        }
         self.figures[f"{kind}_loss"] = figures
         self.tl.mark(f"{kind} loss over", **{k: v for k, v in figures.items() if k != "failures"})
 
@@ -336,19 +445,32 @@ class Bench:
         self.ns = kt.create_namespace("rayservice")
         try:
             self.deploy()
-            with kt.gateway(f"{NAME}-serve-svc.{self.ns}.svc.cluster.local:8000", self.image) as self.port, \
-                    ClusterPrometheus([self.ns]) as prom:
+            with (
+                kt.gateway(f"{NAME}-serve-svc.{self.ns}.svc.cluster.local:8000", self.image) as self.port,
+                ClusterPrometheus([self.ns]) as prom,
+            ):
                 kt.wait_http_ok(f"http://127.0.0.1:{self.port}/ready")
                 steps = args.steps.split(",")
                 if "steady" in steps:
                     # The steady load is also the load under which the overview's queries must return data.
-                    checked = kt.check_cluster_prometheus(self.ns, prom, lambda: self.steady(args.steady_seconds))
-                    self.figures["prometheus"] = {"targets": len(checked["targets"]), "queries": checked["queries"],
-                                                  "empty_panels": checked["empty_panels"]}
-                    self.tl.mark("Prometheus: targets == the PodMonitors' selection, all up, rules ok",
-                                 **self.figures["prometheus"])
-                for step, do in (("autoscale", self.autoscale), ("update", self.in_place_update),
-                                 ("worker", lambda: self.pod_loss("worker")), ("head", lambda: self.pod_loss("head"))):
+                    checked = kt.check_cluster_prometheus(
+                        self.ns, prom, lambda: self.steady(args.steady_seconds)
+                    )
+                    self.figures["prometheus"] = {
+                        "targets": len(checked["targets"]),
+                        "queries": checked["queries"],
+                        "empty_panels": checked["empty_panels"],
+                    }
+                    self.tl.mark(
+                        "Prometheus: targets == the PodMonitors' selection, all up, rules ok",
+                        **self.figures["prometheus"],
+                    )
+                for step, do in (
+                    ("autoscale", self.autoscale),
+                    ("update", self.in_place_update),
+                    ("worker", lambda: self.pod_loss("worker")),
+                    ("head", lambda: self.pod_loss("head")),
+                ):
                     if step in steps:
                         do()
         except BaseException:
@@ -356,8 +478,9 @@ class Bench:
             raise
         finally:
             (args.out / "timeline.txt").write_text(self.tl.text() + "\n")
-            (args.out / "rayservice.json").write_text(json.dumps({"figures": self.figures, "events": self.tl.events},
-                                                                 indent=1))
+            (args.out / "rayservice.json").write_text(
+                json.dumps({"figures": self.figures, "events": self.tl.events}, indent=1)
+            )
             self.tl.mark(f"cleaning up namespace {self.ns}")
             kt.delete_namespace(self.ns)
         print("\nfigures:\n" + json.dumps(self.figures, indent=1))
@@ -369,9 +492,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "rayservice")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--steady-seconds", type=float, default=60)
-    parser.add_argument("--steps", default="steady,autoscale,update,worker,head",
-                        help="which steps to run, comma-separated (in this order whatever is given)")
-    parser.add_argument("--spike-clients", type=int, default=10, help="the load that makes Serve and Ray scale up")
+    parser.add_argument(
+        "--steps",
+        default="steady,autoscale,update,worker,head",
+        help="which steps to run, comma-separated (in this order whatever is given)",
+    )
+    parser.add_argument(
+        "--spike-clients", type=int, default=10, help="the load that makes Serve and Ray scale up"
+    )
     args = parser.parse_args()
     if kt.kubectl("get", "--raw", "/readyz", check=False, timeout=20).returncode != 0:
         parser.error(f"the test cluster does not answer ({kt.KUBECONFIG}): run make cluster first")

@@ -24,13 +24,16 @@ CONFIGS = REPO / "bench" / "configs"
 
 # (cluster env, [(name, config path or None for serve_config.yaml, extra bench.serving args)])
 PLAN = [
-    ({}, [
-        ("default-profiled", None, ["--profile"]),
-        ("batch4", CONFIGS / "batch4-wait1ms.yaml", []),
-        ("batch8", CONFIGS / "batch8-wait2ms.yaml", []),
-        ("batch32", CONFIGS / "batch32-wait20ms.yaml", []),
-        ("locust-steady", None, None),
-    ]),
+    (
+        {},
+        [
+            ("default-profiled", None, ["--profile"]),
+            ("batch4", CONFIGS / "batch4-wait1ms.yaml", []),
+            ("batch8", CONFIGS / "batch8-wait2ms.yaml", []),
+            ("batch32", CONFIGS / "batch32-wait20ms.yaml", []),
+            ("locust-steady", None, None),
+        ],
+    ),
     # Its own cluster: on a node whose 2 CPUs are all allocated, a change of ray_actor_options
     # cannot roll out in place (the new replica needs CPUs before the old one gives them back).
     ({}, [("ingress2", CONFIGS / "ingress-2replicas.yaml", [])]),
@@ -38,9 +41,17 @@ PLAN = [
     ({}, [("1x2threads", CONFIGS / "model-1x2threads.yaml", ["--with-pipeline"])]),
     # A/B/A/B on one cluster: the machine's speed drifts over minutes (shared host), so a variant
     # is only compared with the default measured right beside it.
-    ({}, [("ab-default-1", None, []), ("ab-batch4-1", CONFIGS / "batch4-wait1ms.yaml", []),
-          ("ab-default-2", None, []), ("ab-batch4-2", CONFIGS / "batch4-wait1ms.yaml", []),
-          ("ab-default-3", None, []), ("ab-batch32-3", CONFIGS / "batch32-wait20ms.yaml", [])]),
+    (
+        {},
+        [
+            ("ab-default-1", None, []),
+            ("ab-batch4-1", CONFIGS / "batch4-wait1ms.yaml", []),
+            ("ab-default-2", None, []),
+            ("ab-batch4-2", CONFIGS / "batch4-wait1ms.yaml", []),
+            ("ab-default-3", None, []),
+            ("ab-batch32-3", CONFIGS / "batch32-wait20ms.yaml", []),
+        ],
+    ),
 ]
 AB_ONLY = {name for _, runs in PLAN[-1:] for name, _, _ in runs}
 
@@ -70,22 +81,51 @@ def main() -> int:
                     continue
                 log = (args.out / f"exp-{name}.log").open("w")
                 if extra is None:  # the Locust suite, steady closed loop, against this config
-                    cmd = [sys.executable, "-m", "loadtest.run", "--host", cluster.serve_url,
-                           "--shape", "steady", "--users", "8", "--duration", "60",
-                           "--out", str(args.out / f"exp-{name}")]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "loadtest.run",
+                        "--host",
+                        cluster.serve_url,
+                        "--shape",
+                        "steady",
+                        "--users",
+                        "8",
+                        "--duration",
+                        "60",
+                        "--out",
+                        str(args.out / f"exp-{name}"),
+                    ]
                 else:
-                    cmd = [sys.executable, "-m", "bench.serving", "--url", cluster.serve_url,
-                           "--temp-dir", cluster.temp_dir, "--config",
-                           str(config_path or REPO / "serve_config.yaml"),
-                           "--skip-12mp", "--concurrency", "8", "32", "--duration", str(args.duration),
-                           "--out", str(args.out), "--label", f"exp-{name}"]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "bench.serving",
+                        "--url",
+                        cluster.serve_url,
+                        "--temp-dir",
+                        cluster.temp_dir,
+                        "--config",
+                        str(config_path or REPO / "serve_config.yaml"),
+                        "--skip-12mp",
+                        "--concurrency",
+                        "8",
+                        "32",
+                        "--duration",
+                        str(args.duration),
+                        "--out",
+                        str(args.out),
+                        "--label",
+                        f"exp-{name}",
+                    ]
                     if "--with-pipeline" in extra:
                         extra = [e for e in extra if e != "--with-pipeline"]
                     else:
                         cmd.append("--skip-pipeline")
                     cmd += [*extra, "--env-note", ",".join(f"{k}={v}" for k, v in cluster_env.items())]
-                rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=600).returncode
+                rc = subprocess.run(
+                    cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600
+                ).returncode
                 print(f"   exit {rc}; log {log.name}", flush=True)
     return 0
 

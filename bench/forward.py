@@ -41,11 +41,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = {}
     for optimize in ("eager", "torchscript"):
-        settings = AppSettings(model_name=args.model, optimize=optimize, num_threads=args.threads,
-                               device=args.device)
+        settings = AppSettings(
+            model_name=args.model, optimize=optimize, num_threads=args.threads, device=args.device
+        )
         variants[optimize + "+channels_last"] = TorchModel(settings).forward_uint8
-    plain = TorchModel(AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads,
-                                   device=args.device))
+    plain = TorchModel(
+        AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads, device=args.device)
+    )
     plain.model = plain.model.to(memory_format=torch.contiguous_format)
 
     def contiguous(batch):
@@ -59,8 +61,10 @@ def main() -> None:
     mixed = [rng.randint(1, 8) for _ in range(60)]
     pool = {b: np.random.randint(0, 255, (b, 224, 224, 3), np.uint8) for b in range(1, 9)}
     for name, fn in variants.items():
-        row = [images_per_second(fn, np.random.randint(0, 255, (b, 224, 224, 3), np.uint8), args.seconds)
-               for b in args.batch_sizes]
+        row = [
+            images_per_second(fn, np.random.randint(0, 255, (b, 224, 224, 3), np.uint8), args.seconds)
+            for b in args.batch_sizes
+        ]
         for b in mixed:  # every size seen (Classifier warms 1..16 itself; this covers the plain one)
             fn(pool[b])
         started = time.perf_counter()

@@ -29,8 +29,9 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-async def run(url: str, image: bytes, content_type: str, concurrency: int, warmup: float,
-              duration: float) -> dict:
+async def run(
+    url: str, image: bytes, content_type: str, concurrency: int, warmup: float, duration: float
+) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     window = {"start": float("inf"), "end": float("inf")}
@@ -40,8 +41,7 @@ async def run(url: str, image: bytes, content_type: str, concurrency: int, warmu
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=image,
-                                        headers={"Content-Type": content_type}) as resp:
+                async with session.post(url, data=image, headers={"Content-Type": content_type}) as resp:
                     body = await resp.read()
                     ok = resp.status == 200 and b'"predictions"' in body
                     key = None if ok else f"HTTP {resp.status}"
@@ -71,10 +71,15 @@ async def run(url: str, image: bytes, content_type: str, concurrency: int, warmu
     pct = (lambda q: float(np.percentile(lat_ms, q))) if len(lat_ms) else (lambda q: float("nan"))
     n_err = sum(errors.values())
     return {
-        "concurrency": concurrency, "duration_s": duration, "completed": len(latencies),
-        "errors": errors, "error_ratio": n_err / max(1, n_err + len(latencies)),
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "completed": len(latencies),
+        "errors": errors,
+        "error_ratio": n_err / max(1, n_err + len(latencies)),
         "images_per_s": len(latencies) / duration,
-        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
         "mean_ms": float(lat_ms.mean()) if len(lat_ms) else float("nan"),
         "client_cpu_cores": (cpu1 - cpu0) / duration,
     }
@@ -91,11 +96,15 @@ def main() -> None:
     args = parser.parse_args()
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(run(args.url, args.image.read_bytes(), args.content_type,
-                             args.concurrency, args.warmup, args.duration))
+    result = asyncio.run(
+        run(
+            args.url, args.image.read_bytes(), args.content_type, args.concurrency, args.warmup, args.duration
+        )
+    )
     print(json.dumps(result), flush=True)
 
 

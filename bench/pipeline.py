@@ -43,6 +43,7 @@ def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
     prep, max_pixels = clf.weights.preprocessing, settings.limits.max_image_pixels
     decoded = decode_image(spec.image, prep, max_pixels)
     for bs in spec.batch_sizes:
+
         def one_batch(bs=bs):
             t0 = time.perf_counter()
             if spec.decode:
@@ -66,8 +67,16 @@ def _worker(spec: PipelineSpec, index: int, barrier, results) -> None:
             forward_s += f
             done += bs
         wall = time.perf_counter() - started
-        results.put({"worker": index, "batch_size": bs, "images": done, "wall_s": wall,
-                     "decode_ms": 1000 * decode_s / done, "forward_ms": 1000 * forward_s / done})
+        results.put(
+            {
+                "worker": index,
+                "batch_size": bs,
+                "images": done,
+                "wall_s": wall,
+                "decode_ms": 1000 * decode_s / done,
+                "forward_ms": 1000 * forward_s / done,
+            }
+        )
 
 
 def measure(spec: PipelineSpec) -> dict:
@@ -75,8 +84,10 @@ def measure(spec: PipelineSpec) -> dict:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(spec.processes)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(spec, i, barrier, results), daemon=True)
-             for i in range(spec.processes)]
+    procs = [
+        ctx.Process(target=_worker, args=(spec, i, barrier, results), daemon=True)
+        for i in range(spec.processes)
+    ]
     for p in procs:
         p.start()
     rows = []
@@ -106,9 +117,14 @@ def measure(spec: PipelineSpec) -> dict:
             "forward_ms_per_image": float(np.mean([r["forward_ms"] for r in mine])),
         }
     best = max(by_bs, key=lambda b: by_bs[b]["images_per_s"])
-    return {"processes": spec.processes, "threads_per_process": spec.settings_args.get("num_threads", 1),
-            "seconds": spec.seconds, "by_batch_size": by_bs, "best_batch_size": best,
-            "images_per_s": by_bs[best]["images_per_s"]}
+    return {
+        "processes": spec.processes,
+        "threads_per_process": spec.settings_args.get("num_threads", 1),
+        "seconds": spec.seconds,
+        "by_batch_size": by_bs,
+        "best_batch_size": best,
+        "images_per_s": by_bs[best]["images_per_s"],
+    }
 
 
 def main(argv=None) -> None:
@@ -122,8 +138,9 @@ def main(argv=None) -> None:
     from loadtest.images import phone_jpeg, small_jpeg
 
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
-    parser.add_argument("--config", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "serve_config.yaml")
+    parser.add_argument(
+        "--config", type=Path, default=Path(__file__).resolve().parents[1] / "serve_config.yaml"
+    )
     parser.add_argument("--device", help="override the config's device (cpu, cuda)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
@@ -137,8 +154,17 @@ def main(argv=None) -> None:
     if args.device:
         app_args["device"] = args.device
     image = small_jpeg() if args.image == "small" else phone_jpeg()
-    result = measure(PipelineSpec(app_args, image, args.processes, tuple(args.batch_sizes),
-                                  args.seconds, 1.0, decode=not args.forward_only))
+    result = measure(
+        PipelineSpec(
+            app_args,
+            image,
+            args.processes,
+            tuple(args.batch_sizes),
+            args.seconds,
+            1.0,
+            decode=not args.forward_only,
+        )
+    )
     result.update(device=app_args.get("device"), image=args.image, forward_only=args.forward_only)
     print(json.dumps(result, indent=2))
     if args.json:

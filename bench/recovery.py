@@ -77,8 +77,12 @@ class Load:
         with requests.Session() as http:
             while not self._stop.is_set():
                 try:
-                    r = http.post(f"{self.url}/predict", data=self.image,
-                                  headers={"Content-Type": "image/png"}, timeout=30)
+                    r = http.post(
+                        f"{self.url}/predict",
+                        data=self.image,
+                        headers={"Content-Type": "image/png"},
+                        timeout=30,
+                    )
                     ok = r.status_code == 200 and r.json()["predictions"][0]["label"] in CAT_LABELS
                     detail = "" if ok else f"{r.status_code} {r.text[:200]}"
                 except (requests.RequestException, ValueError, KeyError) as exc:
@@ -100,8 +104,12 @@ class Load:
         with self._lock:
             got = [o for o in self.outcomes if start <= o[0] < end]
         failures = [d for _, ok, d in got if not ok]
-        return {"requests": len(got), "failed": len(failures), "failures": sorted(set(failures))[:5],
-                "seconds": round(end - start, 2)}
+        return {
+            "requests": len(got),
+            "failed": len(failures),
+            "failures": sorted(set(failures))[:5],
+            "seconds": round(end - start, 2),
+        }
 
 
 class Serve:
@@ -113,8 +121,9 @@ class Serve:
     def put(self, config: dict) -> None:
         config = copy.deepcopy(config)
         config.setdefault("http_options", {}).update(host="127.0.0.1", port=self.cluster.serve_port)
-        r = self.cluster.http.put(f"{self.cluster.dashboard_url}/api/serve/applications/", json=config,
-                                  timeout=30)
+        r = self.cluster.http.put(
+            f"{self.cluster.dashboard_url}/api/serve/applications/", json=config, timeout=30
+        )
         r.raise_for_status()
 
     def app(self) -> dict:
@@ -138,25 +147,32 @@ class Serve:
             except (requests.RequestException, KeyError) as exc:
                 last = exc
             time.sleep(poll_s)
-        raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} "
-                           f"(app: {self._summary()}; last error: {last})")
+        raise TimeoutError(
+            f"timed out after {timeout_s}s waiting for {what} (app: {self._summary()}; last error: {last})"
+        )
 
     def settled(self, num_replicas: int, user_config: dict | None = None) -> bool:
         app = self.app()
         model = app.get("deployments", {}).get(MODEL, {})
         running = [r for r in model.get("replicas", []) if r.get("state") == "RUNNING"]
-        return (app.get("status") == "RUNNING" and model.get("status") == "HEALTHY"
-                and len(running) == len(model.get("replicas", [])) == num_replicas
-                and (user_config is None
-                     or model.get("deployment_config", {}).get("user_config") == user_config))
+        return (
+            app.get("status") == "RUNNING"
+            and model.get("status") == "HEALTHY"
+            and len(running) == len(model.get("replicas", [])) == num_replicas
+            and (user_config is None or model.get("deployment_config", {}).get("user_config") == user_config)
+        )
 
     def _summary(self) -> str:
         try:
             app = self.app()
             model = app.get("deployments", {}).get(MODEL, {})
-            return json.dumps({"app": app.get("status"), "model": model.get("status"),
-                               "replicas": [(r.get("replica_id"), r.get("state"))
-                                            for r in model.get("replicas", [])]})
+            return json.dumps(
+                {
+                    "app": app.get("status"),
+                    "model": model.get("status"),
+                    "replicas": [(r.get("replica_id"), r.get("state")) for r in model.get("replicas", [])],
+                }
+            )
         except requests.RequestException as exc:
             return repr(exc)
 
@@ -170,8 +186,9 @@ def replica_process(cluster: RayCluster, pid: int) -> psutil.Process:
     return proc
 
 
-def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
-        model_options: dict | None = None) -> dict:
+def run(
+    image: bytes, clients: int = 4, num_cpus: int = 4, log=print, model_options: dict | None = None
+) -> dict:
     """The whole scenario on a fresh cluster; returns the figures (also logged as it goes).
     ``model_options`` overrides fields of the model deployment's config (experiments only)."""
     base, source = rendered_serve_config()
@@ -185,11 +202,13 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
     with RayCluster(num_cpus=num_cpus) as cluster:
         serve = Serve(cluster)
         serve.put(base)
-        serve.wait(lambda: serve.settled(replicas0, model.get("user_config")), 180, "first deployment",
-                   poll_s=0.5)
+        serve.wait(
+            lambda: serve.settled(replicas0, model.get("user_config")), 180, "first deployment", poll_s=0.5
+        )
         figures["deploy_s"] = round(time.monotonic() - started, 1)
-        r = requests.post(f"{cluster.serve_url}/predict", data=image,
-                          headers={"Content-Type": "image/png"}, timeout=30)
+        r = requests.post(
+            f"{cluster.serve_url}/predict", data=image, headers={"Content-Type": "image/png"}, timeout=30
+        )
         r.raise_for_status()
         figures["first_prediction"] = r.json()["predictions"][0]["label"]
         log(f"deployed from {source} in {figures['deploy_s']} s; cat -> {figures['first_prediction']}")
@@ -202,15 +221,21 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
             # 1. user_config: batch settings change live, through reconfigure(), on the same replicas.
             pids_before = sorted(r["pid"] for r in serve.running_replicas())
             config1 = copy.deepcopy(base)
-            new_user_config = {**model.get("user_config", {}), "max_batch_size": 8,
-                               "batch_wait_timeout_s": 0.01}
+            new_user_config = {
+                **model.get("user_config", {}),
+                "max_batch_size": 8,
+                "batch_wait_timeout_s": 0.01,
+            }
             deployment_of(config1)["user_config"] = new_user_config
             serve.put(config1)
             t1 = serve.wait(lambda: serve.settled(replicas0, new_user_config), 60, "user_config applied")
             time.sleep(2)
             pids_after = sorted(r["pid"] for r in serve.running_replicas())
-            figures["user_config"] = {**load.window(t0, time.monotonic()), "apply_s": round(t1 - t0, 2),
-                                      "replicas_restarted": pids_before != pids_after}
+            figures["user_config"] = {
+                **load.window(t0, time.monotonic()),
+                "apply_s": round(t1 - t0, 2),
+                "replicas_restarted": pids_before != pids_after,
+            }
             log(f"user_config update: {figures['user_config']}")
 
             # 2. replica count: 2 -> 3 (a new replica loads and warms its model before taking traffic).
@@ -221,8 +246,12 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
             serve.put(config2)
             t3 = serve.wait(lambda: serve.settled(replicas1, new_user_config), 90, "scale-up", poll_s=0.25)
             time.sleep(2)
-            figures["scale"] = {**load.window(t2, time.monotonic()), "from": replicas0, "to": replicas1,
-                                "apply_s": round(t3 - t2, 2)}
+            figures["scale"] = {
+                **load.window(t2, time.monotonic()),
+                "from": replicas0,
+                "to": replicas1,
+                "apply_s": round(t3 - t2, 2),
+            }
             log(f"replica count update: {figures['scale']}")
 
             # 3. kill one model replica's process, as the kernel's OOM killer would.
@@ -233,8 +262,9 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
 
             def replaced() -> bool:
                 running = serve.running_replicas()
-                return (len(running) == replicas1
-                        and victim["replica_id"] not in {r["replica_id"] for r in running})
+                return len(running) == replicas1 and victim["replica_id"] not in {
+                    r["replica_id"] for r in running
+                }
 
             t_replaced = serve.wait(replaced, 60, "a replacement replica RUNNING")
             t_healthy = serve.wait(lambda: serve.settled(replicas1, new_user_config), 60, "HEALTHY again")
@@ -245,7 +275,9 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
                 first_ok = next((t for t, ok, _ in load.outcomes if ok and t > t4), None)
             figures["kill"] = {
                 **window,
-                "replica": victim["replica_id"], "pid": victim["pid"], "running_after": running_after,
+                "replica": victim["replica_id"],
+                "pid": victim["pid"],
+                "running_after": running_after,
                 "recovery_s": round(t_replaced - t4, 2),
                 "healthy_s": round(t_healthy - t4, 2),
                 "first_success_after_kill_s": None if first_ok is None else round(first_ok - t4, 3),
@@ -260,12 +292,18 @@ def run(image: bytes, clients: int = 4, num_cpus: int = 4, log=print,
 def main() -> None:
     import skimage
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=YAML",
-                        help="override a field of the model deployment, e.g. health_check_period_s=2")
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="override a field of the model deployment, e.g. health_check_period_s=2",
+    )
     args = parser.parse_args()
     options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model_option)}
     image = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()

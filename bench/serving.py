@@ -60,6 +60,7 @@ ROLES = (  # substring of a process's command line -> role, first match wins
 
 # ---- cluster processes -------------------------------------------------------------------------
 
+
 def role_of(proc: psutil.Process) -> str:
     try:
         cmd = " ".join(proc.cmdline())
@@ -116,8 +117,14 @@ def rss_table(procs: list[psutil.Process]) -> list[dict]:
     for p in procs:
         try:
             mem = p.memory_full_info()
-            rows.append({"role": role_of(p), "pid": p.pid, "rss_mib": round(mem.rss / 2**20, 1),
-                         "uss_mib": round(mem.uss / 2**20, 1)})
+            rows.append(
+                {
+                    "role": role_of(p),
+                    "pid": p.pid,
+                    "rss_mib": round(mem.rss / 2**20, 1),
+                    "uss_mib": round(mem.uss / 2**20, 1),
+                }
+            )
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(rows, key=lambda r: -r["rss_mib"])
@@ -138,10 +145,24 @@ def start_profiles(temp_dir: str, out: Path, seconds: float) -> list[tuple[str, 
             continue
         seen.add(role)
         path = out / f"profile-{role.replace(' ', '-')}.txt"
-        cmd = [str(py_spy), "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
-               "--rate", "50", "--nonblocking", "--format", "raw", "--output", str(path)]
-        started.append((role, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                                     stderr=subprocess.DEVNULL)))
+        cmd = [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(proc.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "50",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(path),
+        ]
+        started.append(
+            (role, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        )
     return started
 
 
@@ -162,21 +183,45 @@ def summarize_profile(path: Path, top: int = 12) -> dict:
             incl[frame] = incl.get(frame, 0) + n
 
     def share(d):
-        return [{"frame": f, "share": round(c / total, 3)}
-                for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+        return [
+            {"frame": f, "share": round(c / total, 3)}
+            for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        ]
 
-    return {"samples": total, "self": share(own) if total else [],
-            "inclusive": share(incl) if total else []}
+    return {"samples": total, "self": share(own) if total else [], "inclusive": share(incl) if total else []}
 
 
 # ---- measurements ------------------------------------------------------------------------------
 
-def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration: float,
-                temp_dir: str | None, profile_dir: Path | None = None) -> dict:
-    cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"{url}/predict", "--image", str(image),
-           "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                                     os.environ.get("PYTHONPATH")]))}
+
+def run_loadgen(
+    url: str,
+    image: Path,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    temp_dir: str | None,
+    profile_dir: Path | None = None,
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        f"{url}/predict",
+        "--image",
+        str(image),
+        "--concurrency",
+        str(concurrency),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     procs = cluster_processes(temp_dir) if temp_dir else []
     before = after = None
@@ -219,9 +264,12 @@ def run_loadgen(url: str, image: Path, concurrency: int, warmup: float, duration
         if temp_dir:
             result["server_cpu_cores"] = cpu_delta(before, after, t_end - t_start)
             # What neither the server nor the client used: other work on the machine (noise).
-            result["other_cpu_cores"] = round(result["machine_busy_cores"]
-                                              - result["server_cpu_cores"]["total"]
-                                              - result["client_cpu_cores"], 3)
+            result["other_cpu_cores"] = round(
+                result["machine_busy_cores"]
+                - result["server_cpu_cores"]["total"]
+                - result["client_cpu_cores"],
+                3,
+            )
     return result
 
 
@@ -241,8 +289,7 @@ def warm_up(url: str, images: list[bytes], rounds: int) -> None:
     with requests.Session() as http:
         for _ in range(rounds):
             for data in images:
-                r = http.post(f"{url}/predict", data=data, headers={"Content-Type": "image/jpeg"},
-                              timeout=60)
+                r = http.post(f"{url}/predict", data=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
                 r.raise_for_status()
 
 
@@ -262,25 +309,37 @@ def summarize(result: dict) -> dict:
     for c, runs in sorted(by_c.items()):
         ips = [r["images_per_s"] for r in runs]
         p99 = [r["p99_ms"] for r in runs]
-        levels.append({
-            "concurrency": c, "runs": len(runs),
-            "images_per_s": sum(ips) / len(ips), "images_per_s_min": min(ips),
-            "images_per_s_max": max(ips),
-            "p50_ms": sum(r["p50_ms"] for r in runs) / len(runs),
-            "p99_ms": sum(p99) / len(p99), "p99_ms_min": min(p99), "p99_ms_max": max(p99),
-            "errors": sum(sum(r["errors"].values()) for r in runs),
-            "client_cpu_cores": sum(r["client_cpu_cores"] for r in runs) / len(runs),
-            "server_cpu_cores": (sum(r.get("server_cpu_cores", {}).get("total", 0) for r in runs)
-                                 / len(runs)) if "server_cpu_cores" in runs[0] else None,
-            "other_cpu_cores": (sum(r.get("other_cpu_cores", 0) for r in runs) / len(runs)),
-            "ratio_to_limit": (sum(ips) / len(ips) / limit) if limit else None,
-        })
+        levels.append(
+            {
+                "concurrency": c,
+                "runs": len(runs),
+                "images_per_s": sum(ips) / len(ips),
+                "images_per_s_min": min(ips),
+                "images_per_s_max": max(ips),
+                "p50_ms": sum(r["p50_ms"] for r in runs) / len(runs),
+                "p99_ms": sum(p99) / len(p99),
+                "p99_ms_min": min(p99),
+                "p99_ms_max": max(p99),
+                "errors": sum(sum(r["errors"].values()) for r in runs),
+                "client_cpu_cores": sum(r["client_cpu_cores"] for r in runs) / len(runs),
+                "server_cpu_cores": (
+                    sum(r.get("server_cpu_cores", {}).get("total", 0) for r in runs) / len(runs)
+                )
+                if "server_cpu_cores" in runs[0]
+                else None,
+                "other_cpu_cores": (sum(r.get("other_cpu_cores", 0) for r in runs) / len(runs)),
+                "ratio_to_limit": (sum(ips) / len(ips) / limit) if limit else None,
+            }
+        )
     peak = max(levels, key=lambda lv: lv["images_per_s"]) if levels else None
-    knee = next((lv for lv in levels if peak and lv["images_per_s"] >= 0.8 * peak["images_per_s"]),
-                None)
-    summary = {"levels": levels, "pipeline_limit_images_per_s": limit,
-               "peak_images_per_s": peak and peak["images_per_s"],
-               "knee_concurrency": knee and knee["concurrency"], "knee_p99_ms": knee and knee["p99_ms"]}
+    knee = next((lv for lv in levels if peak and lv["images_per_s"] >= 0.8 * peak["images_per_s"]), None)
+    summary = {
+        "levels": levels,
+        "pipeline_limit_images_per_s": limit,
+        "peak_images_per_s": peak and peak["images_per_s"],
+        "knee_concurrency": knee and knee["concurrency"],
+        "knee_p99_ms": knee and knee["p99_ms"],
+    }
     ref_c = result.get("reference_concurrency")
     ref = next((lv for lv in levels if lv["concurrency"] == ref_c), None)
     if ref and limit:
@@ -298,48 +357,64 @@ def summarize(result: dict) -> dict:
 
 # ---- output ------------------------------------------------------------------------------------
 
+
 def print_table(result: dict) -> None:
     s = result["summary"]
     pl = result.get("pipeline") or {}
     print("\n== pipeline limit (outside Ray) ==")
     for name, p in pl.items():
-        print(f"{name:6s} {p['processes']} proc x {p['threads_per_process']} thread: best bs="
-              f"{p['best_batch_size']:<3d} {p['images_per_s']:7.1f} img/s   "
-              + "  ".join(f"bs{b}={v['images_per_s']:.0f}" for b, v in p["by_batch_size"].items()))
+        print(
+            f"{name:6s} {p['processes']} proc x {p['threads_per_process']} thread: best bs="
+            f"{p['best_batch_size']:<3d} {p['images_per_s']:7.1f} img/s   "
+            + "  ".join(f"bs{b}={v['images_per_s']:.0f}" for b, v in p["by_batch_size"].items())
+        )
     print("\n== served (500x375 JPEG, raw POST /predict) ==")
-    print(f"{'conc':>5s} {'img/s':>8s} {'(min-max)':>15s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'ratio':>6s} {'client':>7s} {'server':>7s} {'other':>6s} {'errors':>6s}")
+    print(
+        f"{'conc':>5s} {'img/s':>8s} {'(min-max)':>15s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'ratio':>6s} {'client':>7s} {'server':>7s} {'other':>6s} {'errors':>6s}"
+    )
     for lv in s["levels"]:
         ratio = f"{lv['ratio_to_limit']:.2f}" if lv["ratio_to_limit"] else "-"
         srv = f"{lv['server_cpu_cores']:.2f}" if lv["server_cpu_cores"] is not None else "-"
-        print(f"{lv['concurrency']:5d} {lv['images_per_s']:8.1f} "
-              f"{lv['images_per_s_min']:7.1f}-{lv['images_per_s_max']:<7.1f} {lv['p50_ms']:8.1f} "
-              f"{lv['p99_ms']:8.1f} {ratio:>6s} {lv['client_cpu_cores']:7.2f} {srv:>7s} "
-              f"{lv['other_cpu_cores']:6.2f} "
-              f"{lv['errors']:6d}")
+        print(
+            f"{lv['concurrency']:5d} {lv['images_per_s']:8.1f} "
+            f"{lv['images_per_s_min']:7.1f}-{lv['images_per_s_max']:<7.1f} {lv['p50_ms']:8.1f} "
+            f"{lv['p99_ms']:8.1f} {ratio:>6s} {lv['client_cpu_cores']:7.2f} {srv:>7s} "
+            f"{lv['other_cpu_cores']:6.2f} "
+            f"{lv['errors']:6d}"
+        )
     if "served_12mp_images_per_s" in s:
-        print(f"\n12 MP JPEG at concurrency {result['reference_concurrency']}: "
-              f"{s['served_12mp_images_per_s']:.1f} img/s, p99 {s['served_12mp_p99_ms']:.0f} ms, "
-              f"{s['ratio_12mp_to_small']:.2f} x the 500x375 rate")
+        print(
+            f"\n12 MP JPEG at concurrency {result['reference_concurrency']}: "
+            f"{s['served_12mp_images_per_s']:.1f} img/s, p99 {s['served_12mp_p99_ms']:.0f} ms, "
+            f"{s['ratio_12mp_to_small']:.2f} x the 500x375 rate"
+        )
     if result.get("rss"):
         print("\n== memory ==")
         for row in result["rss"]:
             if row["role"] in ("model replica", "ingress replica", "serve proxy", "haproxy"):
-                print(f"{row['role']:16s} pid {row['pid']:<8d} RSS {row['rss_mib']:7.1f} MiB  "
-                      f"USS {row['uss_mib']:7.1f} MiB")
+                print(
+                    f"{row['role']:16s} pid {row['pid']:<8d} RSS {row['rss_mib']:7.1f} MiB  "
+                    f"USS {row['uss_mib']:7.1f} MiB"
+                )
     if result.get("idle_cpu_cores"):
-        print(f"idle CPU of the whole cluster: {result['idle_cpu_cores']['total']:.3f} cores "
-              f"({result['idle_cpu_cores']})")
+        print(
+            f"idle CPU of the whole cluster: {result['idle_cpu_cores']['total']:.3f} cores "
+            f"({result['idle_cpu_cores']})"
+        )
     for run in result["served"]:
         for role, prof in run.get("profiles", {}).items():
-            print(f"\n== py-spy {role} at c={run['concurrency']} ({prof['samples']} samples), "
-                  f"top self time ==")
+            print(
+                f"\n== py-spy {role} at c={run['concurrency']} ({prof['samples']} samples), top self time =="
+            )
             for row in prof["self"][:8]:
                 print(f"  {row['share']:6.1%}  {row['frame'][:110]}")
     print(f"\nhost speed probe (fixed Python loop, lower is faster): {result.get('cpu_probe_ms')} ms")
-    print(f"\nserved/limit at concurrency {result['reference_concurrency']}: "
-          f"{s.get('ratio_at_reference') or float('nan'):.3f}; peak {s['peak_images_per_s'] or 0:.1f}"
-          f" img/s; p99 at the knee (c={s['knee_concurrency']}): {s['knee_p99_ms'] or 0:.0f} ms")
+    print(
+        f"\nserved/limit at concurrency {result['reference_concurrency']}: "
+        f"{s.get('ratio_at_reference') or float('nan'):.3f}; peak {s['peak_images_per_s'] or 0:.1f}"
+        f" img/s; p99 at the knee (c={s['knee_concurrency']}): {s['knee_p99_ms'] or 0:.0f} ms"
+    )
 
 
 def plot(result: dict, path: Path) -> None:
@@ -351,10 +426,17 @@ def plot(result: dict, path: Path) -> None:
     s = result["summary"]
     conc = [lv["concurrency"] for lv in s["levels"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.errorbar(conc, [lv["images_per_s"] for lv in s["levels"]],
-                 yerr=[[lv["images_per_s"] - lv["images_per_s_min"] for lv in s["levels"]],
-                       [lv["images_per_s_max"] - lv["images_per_s"] for lv in s["levels"]]],
-                 marker="o", capsize=3, label="served (500x375 JPEG)")
+    ax1.errorbar(
+        conc,
+        [lv["images_per_s"] for lv in s["levels"]],
+        yerr=[
+            [lv["images_per_s"] - lv["images_per_s_min"] for lv in s["levels"]],
+            [lv["images_per_s_max"] - lv["images_per_s"] for lv in s["levels"]],
+        ],
+        marker="o",
+        capsize=3,
+        label="served (500x375 JPEG)",
+    )
     limit = s.get("pipeline_limit_images_per_s")
     if limit:
         ax1.axhline(limit, color="k", ls="--", label=f"pipeline limit {limit:.0f}")
@@ -363,18 +445,29 @@ def plot(result: dict, path: Path) -> None:
     ax1.set_ylabel("images/s")
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
-    ax2.errorbar(conc, [lv["p99_ms"] for lv in s["levels"]],
-                 yerr=[[lv["p99_ms"] - lv["p99_ms_min"] for lv in s["levels"]],
-                       [lv["p99_ms_max"] - lv["p99_ms"] for lv in s["levels"]]],
-                 marker="o", capsize=3, color="C1", label="p99")
+    ax2.errorbar(
+        conc,
+        [lv["p99_ms"] for lv in s["levels"]],
+        yerr=[
+            [lv["p99_ms"] - lv["p99_ms_min"] for lv in s["levels"]],
+            [lv["p99_ms_max"] - lv["p99_ms"] for lv in s["levels"]],
+        ],
+        marker="o",
+        capsize=3,
+        color="C1",
+        label="p99",
+    )
     ax2.plot(conc, [lv["p50_ms"] for lv in s["levels"]], marker=".", color="C2", label="p50")
     ax2.axhline(500, color="r", ls="--", label="SLO p99 500 ms")
     ax2.set_xlabel("concurrency")
     ax2.set_ylabel("latency (ms)")
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=8)
-    fig.suptitle(f"{result['label']}: {result['hardware']['cpu']} ({result['hardware']['cores']} "
-                 f"cores), {result['date'][:10]}", fontsize=9)
+    fig.suptitle(
+        f"{result['label']}: {result['hardware']['cpu']} ({result['hardware']['cores']} "
+        f"cores), {result['date'][:10]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -389,36 +482,59 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": psutil.cpu_count(), "memory_gib":
-            round(psutil.virtual_memory().total / 2**30, 1)}
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
 
 
 # ---- main --------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config to deploy")
     p.add_argument("--url", help="benchmark an already running server instead of starting one")
     p.add_argument("--temp-dir", help="with --url: the cluster's Ray temp dir (for CPU and RSS)")
-    p.add_argument("--cores", type=int, default=2,
-                   help="CPUs of the Ray node, and of the pipeline limit (default 2)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment of the Ray cluster started here (e.g. RAY_SERVE_ENABLE_HA_PROXY=1)")
-    p.add_argument("--env-note", default="",
-                   help="with --url: the environment the cluster was started with, for the record")
+    p.add_argument(
+        "--cores", type=int, default=2, help="CPUs of the Ray node, and of the pipeline limit (default 2)"
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the Ray cluster started here (e.g. RAY_SERVE_ENABLE_HA_PROXY=1)",
+    )
+    p.add_argument(
+        "--env-note",
+        default="",
+        help="with --url: the environment the cluster was started with, for the record",
+    )
     p.add_argument("--concurrency", type=int, nargs="+")
-    p.add_argument("--reference-concurrency", type=int, default=32,
-                   help="the level for the served/limit ratio and the 12 MP comparison")
+    p.add_argument(
+        "--reference-concurrency",
+        type=int,
+        default=32,
+        help="the level for the served/limit ratio and the 12 MP comparison",
+    )
     p.add_argument("--duration", type=float, help="measured seconds per level (15)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds before each level (3)")
     p.add_argument("--repeat", type=int, default=1, help="runs per level (spread is reported)")
     p.add_argument("--pipeline-seconds", type=float, help="seconds per batch size (4)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="pipeline limit sweep")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (10)")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy the proxy, ingress and a model replica at the reference level "
-                        "(adds ~0.1 core of sampling overhead to that level)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the proxy, ingress and a model replica at the reference level "
+        "(adds ~0.1 core of sampling overhead to that level)",
+    )
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-12mp", action="store_true")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
@@ -447,37 +563,70 @@ def main(argv=None) -> int:
     phone_path.write_bytes(phone_jpeg())
     threads = int(app_args.get("num_threads", 1))
     result: dict = {
-        "label": args.label, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": hardware(), "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
-        "config": str(args.config), "url": args.url,
-        "cluster_env": dict(kv.split("=", 1) for kv in [*args.env, *filter(None,
-                                                                           args.env_note.split(","))]),
-        "model_deployment": {k: model.get(k) for k in ("num_replicas", "autoscaling_config",
-                                                          "max_ongoing_requests", "user_config",
-                                                          "ray_actor_options")},
-        "app_args": app_args, "reference_concurrency": args.reference_concurrency,
-        "concurrency": args.concurrency, "duration_s": args.duration, "smoke": args.smoke,
+        "label": args.label,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
+        "config": str(args.config),
+        "url": args.url,
+        "cluster_env": dict(kv.split("=", 1) for kv in [*args.env, *filter(None, args.env_note.split(","))]),
+        "model_deployment": {
+            k: model.get(k)
+            for k in (
+                "num_replicas",
+                "autoscaling_config",
+                "max_ongoing_requests",
+                "user_config",
+                "ray_actor_options",
+            )
+        },
+        "app_args": app_args,
+        "reference_concurrency": args.reference_concurrency,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "smoke": args.smoke,
     }
     if not args.skip_pipeline:
         # Measured before the cluster starts, so nothing else competes for the cores.
         procs = max(1, args.cores // threads)
         print(f"pipeline limit: {procs} processes x {threads} threads ...", flush=True)
-        result["pipeline"] = {"small": measure(PipelineSpec(
-            app_args, small_jpeg(), procs, tuple(args.batch_sizes), args.pipeline_seconds, 1.0 if not
-            args.smoke else 0.2))}
+        result["pipeline"] = {
+            "small": measure(
+                PipelineSpec(
+                    app_args,
+                    small_jpeg(),
+                    procs,
+                    tuple(args.batch_sizes),
+                    args.pipeline_seconds,
+                    1.0 if not args.smoke else 0.2,
+                )
+            )
+        }
         if not args.skip_12mp:
-            result["pipeline"]["phone"] = measure(PipelineSpec(
-                app_args, phone_jpeg(), procs, tuple(b for b in args.batch_sizes if b <= 16),
-                args.pipeline_seconds, 1.0 if not args.smoke else 0.2))
+            result["pipeline"]["phone"] = measure(
+                PipelineSpec(
+                    app_args,
+                    phone_jpeg(),
+                    procs,
+                    tuple(b for b in args.batch_sizes if b <= 16),
+                    args.pipeline_seconds,
+                    1.0 if not args.smoke else 0.2,
+                )
+            )
     cluster = None
     temp_dir = args.temp_dir
     try:
         if args.url:
             url = args.url.rstrip("/")
         else:
-            env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}  # production defaults + overrides
-            print(f"starting a Ray cluster ({args.cores} CPUs, env {env}) and deploying "
-                  f"{args.config} ...", flush=True)
+            env = {
+                **serve_env(),
+                **dict(kv.split("=", 1) for kv in args.env),
+            }  # production defaults + overrides
+            print(
+                f"starting a Ray cluster ({args.cores} CPUs, env {env}) and deploying {args.config} ...",
+                flush=True,
+            )
             cluster = RayCluster(num_cpus=args.cores, env=env).start()
             cluster.deploy(config)
             url, temp_dir = cluster.serve_url, cluster.temp_dir
@@ -493,26 +642,35 @@ def main(argv=None) -> int:
         result["served"] = []
         for rep in range(args.repeat):
             for c in args.concurrency:
-                profile = (args.out / args.label if args.profile and rep == 0
-                           and c == args.reference_concurrency else None)
+                profile = (
+                    args.out / args.label
+                    if args.profile and rep == 0 and c == args.reference_concurrency
+                    else None
+                )
                 if profile:
                     profile.mkdir(parents=True, exist_ok=True)
                 run = run_loadgen(url, small_path, c, args.warmup, args.duration, temp_dir, profile)
                 run["repeat"] = rep
                 result["served"].append(run)
-                print(f"  c={c:<3d} {run['images_per_s']:7.1f} img/s  p50 {run['p50_ms']:6.1f} ms  "
-                      f"p99 {run['p99_ms']:6.1f} ms  errors {sum(run['errors'].values())}  client "
-                      f"{run['client_cpu_cores']:.2f} cores  server "
-                      f"{run.get('server_cpu_cores', {}).get('total', float('nan')):.2f} cores",
-                      flush=True)
+                print(
+                    f"  c={c:<3d} {run['images_per_s']:7.1f} img/s  p50 {run['p50_ms']:6.1f} ms  "
+                    f"p99 {run['p99_ms']:6.1f} ms  errors {sum(run['errors'].values())}  client "
+                    f"{run['client_cpu_cores']:.2f} cores  server "
+                    f"{run.get('server_cpu_cores', {}).get('total', float('nan')):.2f} cores",
+                    flush=True,
+                )
         if not args.skip_12mp:
             result["served_12mp"] = []
             for _ in range(args.repeat):
-                run = run_loadgen(url, phone_path, args.reference_concurrency, args.warmup,
-                                  args.duration, temp_dir)
+                run = run_loadgen(
+                    url, phone_path, args.reference_concurrency, args.warmup, args.duration, temp_dir
+                )
                 result["served_12mp"].append(run)
-                print(f"  12MP c={args.reference_concurrency} {run['images_per_s']:7.1f} img/s  "
-                      f"p99 {run['p99_ms']:6.1f} ms", flush=True)
+                print(
+                    f"  12MP c={args.reference_concurrency} {run['images_per_s']:7.1f} img/s  "
+                    f"p99 {run['p99_ms']:6.1f} ms",
+                    flush=True,
+                )
         if temp_dir:
             result["rss"] = rss_table(cluster_processes(temp_dir))
     finally:

@@ -51,8 +51,14 @@ def main() -> int:
 
     env = {**os.environ, **serve_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
-    proc = subprocess.Popen([serve, "run", fh.name], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [serve, "run", fh.name],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{args.port}"
     try:
         ready_s = None
@@ -84,8 +90,10 @@ def main() -> int:
                     t0 = time.perf_counter()
                     http.post(f"{base}/predict", files={"file": ("x", data)}).raise_for_status()
                     times.append((time.perf_counter() - t0) * 1000)
-                print(f"single request {name}: p50 {statistics.median(times):.1f} ms, "
-                      f"p99 {percentile(times, 99):.1f} ms over {args.requests} sequential requests")
+                print(
+                    f"single request {name}: p50 {statistics.median(times):.1f} ms, "
+                    f"p99 {percentile(times, 99):.1f} ms over {args.requests} sequential requests"
+                )
     finally:
         # Ray's processes (raylet, GCS, replicas, haproxy) are descendants of `serve run`.
         family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []

@@ -23,35 +23,73 @@ K8S_VERSIONS = ["1.29", "1.33"]
 
 # Every feature switched on at once, per mode: each optional template renders and validates.
 ALL_ON = [
-    "--set", "namespace.create=true", "--set", "rbac.create=true", "--set", "loadBalancer.enabled=true",
-    "--set", "ingress.enabled=true", "--set", "ingress.host=classifier.example.com",
-    "--set", "httpRoute.enabled=true", "--set", "httpRoute.hostnames[0]=classifier.example.com",
-    "--set", "image.digest=sha256:" + "ab" * 32, "--set", "imagePullSecrets[0].name=regcred",
+    "--set",
+    "namespace.create=true",
+    "--set",
+    "rbac.create=true",
+    "--set",
+    "loadBalancer.enabled=true",
+    "--set",
+    "ingress.enabled=true",
+    "--set",
+    "ingress.host=classifier.example.com",
+    "--set",
+    "httpRoute.enabled=true",
+    "--set",
+    "httpRoute.hostnames[0]=classifier.example.com",
+    "--set",
+    "image.digest=sha256:" + "ab" * 32,
+    "--set",
+    "imagePullSecrets[0].name=regcred",
 ]
 CASES: dict[str, list[str]] = {
     "default": [],
     "deployment": ["--set", "mode=deployment"],
     "dev": ["-f", str(HELM_VALUES / "app-dev.yaml")],
-    "dev-autoscaling": ["-f", str(HELM_VALUES / "app-dev.yaml"), "-f", str(HELM_VALUES / "app-dev-autoscaling.yaml")],
+    "dev-autoscaling": [
+        "-f",
+        str(HELM_VALUES / "app-dev.yaml"),
+        "-f",
+        str(HELM_VALUES / "app-dev-autoscaling.yaml"),
+    ],
     "prod": ["-f", str(HELM_VALUES / "app-prod.yaml")],
     "deployment-example": ["-f", str(HELM_VALUES / "app-deployment.yaml")],
     "deployment-local": ["-f", str(HELM_VALUES / "app-deployment-local.yaml")],
-    "rayservice-all-on": ALL_ON + [
-        "--set", "ray.gcsFaultTolerance.enabled=true",
-        "--set", "ray.gcsFaultTolerance.redisAddress=redis.redis.svc:6379",
-        "--set", "ray.gcsFaultTolerance.redisPasswordSecret.name=redis-password",
-        "--set", "ray.auth.secretName=ray-token",
+    "rayservice-all-on": ALL_ON
+    + [
+        "--set",
+        "ray.gcsFaultTolerance.enabled=true",
+        "--set",
+        "ray.gcsFaultTolerance.redisAddress=redis.redis.svc:6379",
+        "--set",
+        "ray.gcsFaultTolerance.redisPasswordSecret.name=redis-password",
+        "--set",
+        "ray.auth.secretName=ray-token",
     ],
     # KubeRay brings its own Gateway and HTTPRoute in this mode: no front door of the chart's.
     "rayservice-incremental": [
-        "--set", "namespace.create=true", "--set", "rbac.create=true",
-        "--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
-        "--set", "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
+        "--set",
+        "namespace.create=true",
+        "--set",
+        "rbac.create=true",
+        "--set",
+        "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+        "--set",
+        "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+        "--set",
+        "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
+        "--set",
+        "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
     ],
-    "deployment-all-on": ALL_ON + ["--set", "mode=deployment", "--set", "autoscaling.enabled=false",
-                                   "--set", "secret.existingSecret=ray-token"],
+    "deployment-all-on": ALL_ON
+    + [
+        "--set",
+        "mode=deployment",
+        "--set",
+        "autoscaling.enabled=false",
+        "--set",
+        "secret.existingSecret=ray-token",
+    ],
 }
 
 
@@ -107,7 +145,6 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     return []
 
 
-
 def is_subset(expected, actual, path: str = "") -> list[str]:
     """Where the rendered value is not in the live object (the API server adds defaults, so only the
     rendered fields are compared)."""
@@ -118,7 +155,11 @@ def is_subset(expected, actual, path: str = "") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [f"{path}: {actual!r} != {expected!r}"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True)) for d in is_subset(e, a, f"{path}[{i}]")]
+        return [
+            d
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for d in is_subset(e, a, f"{path}[{i}]")
+        ]
     if expected != actual and str(expected) != str(actual):
         return [f"{path}: {actual!r} != {expected!r}"]
     return []
@@ -127,6 +168,7 @@ def is_subset(expected, actual, path: str = "") -> list[str]:
 def serve_service_name(rendered: list[dict], mode: str) -> str:
     if mode == "rayservice":
         return f"{by_kind(rendered, 'RayService')[0]['metadata']['name']}-serve-svc"  # KubeRay's name
-    [svc] = [s for s in by_kind(rendered, "Service")
-             if any(p.get("name") == "serve" for p in s["spec"]["ports"])]
+    [svc] = [
+        s for s in by_kind(rendered, "Service") if any(p.get("name") == "serve" for p in s["spec"]["ports"])
+    ]
     return svc["metadata"]["name"]

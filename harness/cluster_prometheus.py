@@ -52,22 +52,43 @@ def selector_relabelings(selector: dict) -> list[dict]:
     """Keep/drop rules equivalent to a Kubernetes label selector (matchLabels + matchExpressions)."""
     rules = []
     for key, value in (selector.get("matchLabels") or {}).items():
-        rules.append({"action": "keep", "source_labels": [f"__meta_kubernetes_pod_label_{_label(key)}",
-                                                         f"__meta_kubernetes_pod_labelpresent_{_label(key)}"],
-                      "regex": f"({re.escape(str(value))});true"})
+        rules.append(
+            {
+                "action": "keep",
+                "source_labels": [
+                    f"__meta_kubernetes_pod_label_{_label(key)}",
+                    f"__meta_kubernetes_pod_labelpresent_{_label(key)}",
+                ],
+                "regex": f"({re.escape(str(value))});true",
+            }
+        )
     for expr in selector.get("matchExpressions") or []:
-        key, op, values = _label(expr["key"]), expr["operator"], [re.escape(str(v)) for v in expr.get("values") or []]
+        key, op, values = (
+            _label(expr["key"]),
+            expr["operator"],
+            [re.escape(str(v)) for v in expr.get("values") or []],
+        )
         present = f"__meta_kubernetes_pod_labelpresent_{key}"
         if op == "Exists":
             rules.append({"action": "keep", "source_labels": [present], "regex": "true"})
         elif op == "DoesNotExist":
             rules.append({"action": "drop", "source_labels": [present], "regex": "true"})
         elif op == "In":
-            rules.append({"action": "keep", "source_labels": [f"__meta_kubernetes_pod_label_{key}", present],
-                          "regex": f"({'|'.join(values)});true"})
+            rules.append(
+                {
+                    "action": "keep",
+                    "source_labels": [f"__meta_kubernetes_pod_label_{key}", present],
+                    "regex": f"({'|'.join(values)});true",
+                }
+            )
         elif op == "NotIn":
-            rules.append({"action": "drop", "source_labels": [f"__meta_kubernetes_pod_label_{key}", present],
-                          "regex": f"({'|'.join(values)});true"})
+            rules.append(
+                {
+                    "action": "drop",
+                    "source_labels": [f"__meta_kubernetes_pod_label_{key}", present],
+                    "regex": f"({'|'.join(values)});true",
+                }
+            )
         else:
             raise ValueError(f"unknown label selector operator {op!r}")
     return rules
@@ -91,10 +112,14 @@ def pod_targets(pods: list[dict]) -> list[dict]:
         if not status.get("podIP"):
             continue
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
-        common = {"__meta_kubernetes_namespace": meta["namespace"], "__meta_kubernetes_pod_name": meta["name"],
-                  "__meta_kubernetes_pod_ip": status["podIP"], "__meta_kubernetes_pod_phase": status.get("phase", ""),
-                  "__meta_kubernetes_pod_ready": str(ready).lower(),
-                  "__meta_kubernetes_pod_node_name": pod["spec"].get("nodeName", "")}
+        common = {
+            "__meta_kubernetes_namespace": meta["namespace"],
+            "__meta_kubernetes_pod_name": meta["name"],
+            "__meta_kubernetes_pod_ip": status["podIP"],
+            "__meta_kubernetes_pod_phase": status.get("phase", ""),
+            "__meta_kubernetes_pod_ready": str(ready).lower(),
+            "__meta_kubernetes_pod_node_name": pod["spec"].get("nodeName", ""),
+        }
         for key, value in (meta.get("labels") or {}).items():
             common[f"__meta_kubernetes_pod_label_{_label(key)}"] = value
             common[f"__meta_kubernetes_pod_labelpresent_{_label(key)}"] = "true"
@@ -102,10 +127,17 @@ def pod_targets(pods: list[dict]) -> list[dict]:
             for port in container.get("ports") or []:
                 if port.get("protocol", "TCP") != "TCP":
                     continue
-                groups.append({"targets": [f"{status['podIP']}:{port['containerPort']}"], "labels": {
-                    **common, "__meta_kubernetes_pod_container_name": container["name"],
-                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
-                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"])}})
+                groups.append(
+                    {
+                        "targets": [f"{status['podIP']}:{port['containerPort']}"],
+                        "labels": {
+                            **common,
+                            "__meta_kubernetes_pod_container_name": container["name"],
+                            "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                            "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                        },
+                    }
+                )
     return groups
 
 
@@ -118,27 +150,43 @@ def scrape_configs(monitors: list[dict], targets_file: str, interval: str = "5s"
     for monitor in monitors:
         spec, name = monitor["spec"], monitor["metadata"]["name"]
         for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
-            relabel = [{"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}]
+            relabel = [
+                {
+                    "action": "drop",
+                    "source_labels": ["__meta_kubernetes_pod_phase"],
+                    "regex": "(Failed|Succeeded)",
+                }
+            ]
             relabel += selector_relabelings(spec.get("selector") or {})
-            relabel.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                            "regex": re.escape(endpoint["port"])})
+            relabel.append(
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                    "regex": re.escape(endpoint["port"]),
+                }
+            )
             relabel += [
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 {"target_label": "endpoint", "replacement": endpoint["port"]},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "job",
-                 "replacement": f"$1/{name}"},
+                {
+                    "source_labels": ["__meta_kubernetes_namespace"],
+                    "target_label": "job",
+                    "replacement": f"$1/{name}",
+                },
             ]
             relabel += [_snake(r) for r in endpoint.get("relabelings") or []]
-            jobs.append({
-                "job_name": f"podMonitor/{name}/{index}",
-                "scrape_interval": endpoint.get("interval", interval),
-                "scrape_timeout": endpoint.get("scrapeTimeout", interval),
-                "metrics_path": endpoint.get("path", "/metrics"),
-                "file_sd_configs": [{"files": [targets_file], "refresh_interval": "5s"}],
-                "relabel_configs": relabel,
-            })
+            jobs.append(
+                {
+                    "job_name": f"podMonitor/{name}/{index}",
+                    "scrape_interval": endpoint.get("interval", interval),
+                    "scrape_timeout": endpoint.get("scrapeTimeout", interval),
+                    "metrics_path": endpoint.get("path", "/metrics"),
+                    "file_sd_configs": [{"files": [targets_file], "refresh_interval": "5s"}],
+                    "relabel_configs": relabel,
+                }
+            )
     return jobs
 
 
@@ -154,10 +202,17 @@ def cluster_env() -> dict[str, str]:
 class ClusterPrometheus:
     """Prometheus in the node's network namespace, scraping ``namespaces`` through the PodMonitors."""
 
-    def __init__(self, namespaces: list[str], port: int = 9090, interval: str = "5s", rule_interval: str = "5s"):
+    def __init__(
+        self, namespaces: list[str], port: int = 9090, interval: str = "5s", rule_interval: str = "5s"
+    ):
         env = cluster_env()
         self.netns, self.host = env["NETNS"], env["NODE_IP"]
-        self.namespaces, self.port, self.interval, self.rule_interval = namespaces, port, interval, rule_interval
+        self.namespaces, self.port, self.interval, self.rule_interval = (
+            namespaces,
+            port,
+            interval,
+            rule_interval,
+        )
         self.dir = Path(tempfile.mkdtemp(prefix="cluster-prom-"))
         self.proc: subprocess.Popen | None = None
         self._stop = threading.Event()
@@ -167,9 +222,13 @@ class ClusterPrometheus:
         """Write the namespaces' pods as file_sd targets (atomically: Prometheus watches the file)."""
         pods = []
         for ns in self.namespaces:
-            proc = subprocess.run([str(REPO / ".cluster" / "bin" / "kubectl"), "get", "pods", "-n", ns, "-o", "json"],
-                                  capture_output=True, text=True, timeout=30,
-                                  env={**os.environ, "KUBECONFIG": os.environ.get("KUBECONFIG", str(KUBECONFIG))})
+            proc = subprocess.run(
+                [str(REPO / ".cluster" / "bin" / "kubectl"), "get", "pods", "-n", ns, "-o", "json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "KUBECONFIG": os.environ.get("KUBECONFIG", str(KUBECONFIG))},
+            )
             if proc.returncode == 0:
                 pods += yaml.safe_load(proc.stdout)["items"]
         tmp = self.dir / "targets.json.tmp"
@@ -201,9 +260,21 @@ class ClusterPrometheus:
         self._discovery = threading.Thread(target=self._discover_loop, daemon=True)
         self._discovery.start()
         # `ip netns exec` execs Prometheus in place: the pid is Prometheus' own.
-        launch(self, ["ip", "netns", "exec", self.netns, tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-                      f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={self.host}:{self.port}",
-                      "--storage.tsdb.retention.time=1d"], timeout_s)
+        launch(
+            self,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                tool("prometheus"),
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address={self.host}:{self.port}",
+                "--storage.tsdb.retention.time=1d",
+            ],
+            timeout_s,
+        )
         return self
 
     def stop(self) -> None:
@@ -245,7 +316,9 @@ class ClusterPrometheus:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--namespace", action="append", required=True, help="namespace to scrape (repeatable)")
+    parser.add_argument(
+        "--namespace", action="append", required=True, help="namespace to scrape (repeatable)"
+    )
     parser.add_argument("--port", type=int, default=9090)
     parser.add_argument("--print-config", action="store_true", help="print the generated config and exit")
     args = parser.parse_args()

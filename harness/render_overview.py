@@ -44,8 +44,9 @@ def _scale(unit: str, peak: float) -> tuple[float, str]:
     return SCALE.get(unit, (1, ""))
 
 
-def render(prom_url: str, out: Path, start: float, end: float, variables: dict[str, str],
-           columns: int = 3) -> list[str]:
+def render(
+    prom_url: str, out: Path, start: float, end: float, variables: dict[str, str], columns: int = 3
+) -> list[str]:
     """Query every time-series panel's non-cluster-only targets over [start, end] and draw those with data."""
     import matplotlib
 
@@ -64,8 +65,11 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
             if is_cluster_only(target["expr"]):
                 continue
             query = substitute(target["expr"], variables, rate_interval=rate_interval)
-            body = requests.get(f"{prom_url}/api/v1/query_range", timeout=60,
-                                params={"query": query, "start": start, "end": end, "step": step}).json()
+            body = requests.get(
+                f"{prom_url}/api/v1/query_range",
+                timeout=60,
+                params={"query": query, "start": start, "end": end, "step": step},
+            ).json()
             if body.get("status") != "success":
                 raise ValueError(f"{panel['title']}: {body.get('error')}")
             for series in body["data"]["result"]:
@@ -82,14 +86,18 @@ def render(prom_url: str, out: Path, start: float, end: float, variables: dict[s
         raise RuntimeError("no panel had data; is the Prometheus scraping the app?")
     rows = math.ceil(len(drawn) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(drawn):]:
+    for ax in axes.flat[len(drawn) :]:
         ax.axis("off")
     for ax, (panel, lines) in zip(axes.flat, drawn, strict=False):  # more axes than panels
         peak = max(abs(v) for _, points in lines for _, v in points)
         factor, unit = _scale(panel["fieldConfig"]["defaults"].get("unit", ""), peak)
         for legend, points in lines[:8]:
-            ax.plot([datetime.fromtimestamp(t) for t, _ in points], [v * factor for _, v in points],
-                    label=legend[:40], linewidth=1.2)
+            ax.plot(
+                [datetime.fromtimestamp(t) for t, _ in points],
+                [v * factor for _, v in points],
+                label=legend[:40],
+                linewidth=1.2,
+            )
         ax.set_title(panel["title"], fontsize=10, loc="left")
         ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -118,8 +126,11 @@ def demo(load_seconds: float, out: Path) -> list[str]:
                 drive_load(cluster.serve_url, images, rounds=15, bad_every=5)
                 time.sleep(1)
             time.sleep(25)  # Ray exports application metrics every ~10 s
-            variables = {"namespace": LOCAL_LABELS["namespace"], "cluster": LOCAL_LABELS["ray_io_cluster"],
-                         "application": "classifier"}
+            variables = {
+                "namespace": LOCAL_LABELS["namespace"],
+                "cluster": LOCAL_LABELS["ray_io_cluster"],
+                "application": "classifier",
+            }
             return render(prom.url, out, start - 20, time.time(), variables)
 
 
@@ -138,8 +149,13 @@ def main() -> int:
         drawn = demo(args.load_seconds, args.out)
     elif args.prometheus:
         end = time.time()
-        drawn = render(args.prometheus, args.out, end - args.minutes * 60, end,
-                       {"namespace": args.namespace, "cluster": args.cluster, "application": args.application})
+        drawn = render(
+            args.prometheus,
+            args.out,
+            end - args.minutes * 60,
+            end,
+            {"namespace": args.namespace, "cluster": args.cluster, "application": args.application},
+        )
     else:
         parser.error("give --prometheus URL or --demo")
     print(f"wrote {args.out} with {len(drawn)} panels: {', '.join(drawn)}")

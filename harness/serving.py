@@ -33,7 +33,8 @@ def metric_samples(metrics_port: int, name: str) -> list:
 
 def metric_total(metrics_port: int, name: str, **labels) -> float:
     return sum(
-        s.value for s in metric_samples(metrics_port, name)
+        s.value
+        for s in metric_samples(metrics_port, name)
         if all(s.labels.get(k) == v for k, v in labels.items())
     )
 
@@ -50,7 +51,9 @@ def wait_for_metric(metrics_port: int, name: str, at_least: float, timeout_s: fl
     raise AssertionError(f"{name}{labels} stayed at {value} < {at_least} for {timeout_s}s")
 
 
-def settled_metric(metrics_port: int, name: str, quiet_s: float = 12, timeout_s: float = 45, **labels) -> float:
+def settled_metric(
+    metrics_port: int, name: str, quiet_s: float = 12, timeout_s: float = 45, **labels
+) -> float:
     """The value once earlier traffic has been exported: unchanged for ``quiet_s`` (Ray exports on an
     interval, so a read right after a burst can miss part of it)."""
     deadline = time.monotonic() + timeout_s
@@ -63,4 +66,3 @@ def settled_metric(metrics_port: int, name: str, quiet_s: float = 12, timeout_s:
         elif time.monotonic() - since >= quiet_s:
             break
     return value
-

@@ -45,7 +45,12 @@ def build_image(image: str, **env: str) -> str:
     EXTRA_CA_CERTS) inside a ``docker_daemon()`` block; Docker's cache makes an unchanged rebuild quick.
     Returns build.sh's last line."""
     full_env = {**os.environ, "IMAGE_PROFILE": "offline", "IMAGE": image, "BUILD_PROGRESS": "plain", **env}
-    build = subprocess.run(["bash", str(REPO / "scripts" / "image" / "build.sh")], env=full_env,
-                           capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT_S)
+    build = subprocess.run(
+        ["bash", str(REPO / "scripts" / "image" / "build.sh")],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=IMAGE_BUILD_TIMEOUT_S,
+    )
     assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
     return build.stdout.strip().splitlines()[-1]

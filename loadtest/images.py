@@ -77,17 +77,20 @@ def phone_jpeg() -> bytes:
 def pool() -> tuple[PoolImage, ...]:
     cat = cat_photo()
     return (
-        PoolImage("chelsea.png", (SKIMAGE_DATA / "chelsea.png").read_bytes(), "image/png",
-                  (451, 300), 4, CAT_LABELS),
-        PoolImage("coffee.png", (SKIMAGE_DATA / "coffee.png").read_bytes(), "image/png",
-                  (600, 400), 3),
-        PoolImage("grace_hopper.jpg", (MPL_DATA / "grace_hopper.jpg").read_bytes(), "image/jpeg",
-                  (512, 600), 4),
+        PoolImage(
+            "chelsea.png", (SKIMAGE_DATA / "chelsea.png").read_bytes(), "image/png", (451, 300), 4, CAT_LABELS
+        ),
+        PoolImage("coffee.png", (SKIMAGE_DATA / "coffee.png").read_bytes(), "image/png", (600, 400), 3),
+        PoolImage(
+            "grace_hopper.jpg", (MPL_DATA / "grace_hopper.jpg").read_bytes(), "image/jpeg", (512, 600), 4
+        ),
         PoolImage("cat_500x375.jpg", small_jpeg(), "image/jpeg", SMALL_SIZE, 4, CAT_LABELS),
-        PoolImage("cat_1024x768.jpg", _jpeg(_resized(cat, (1024, 768))), "image/jpeg",
-                  (1024, 768), 2, CAT_LABELS),
-        PoolImage("cat_1920x1440.jpg", _jpeg(_resized(cat, (1920, 1440))), "image/jpeg",
-                  (1920, 1440), 1, CAT_LABELS),
+        PoolImage(
+            "cat_1024x768.jpg", _jpeg(_resized(cat, (1024, 768))), "image/jpeg", (1024, 768), 2, CAT_LABELS
+        ),
+        PoolImage(
+            "cat_1920x1440.jpg", _jpeg(_resized(cat, (1920, 1440))), "image/jpeg", (1920, 1440), 1, CAT_LABELS
+        ),
         PoolImage("cat_4032x3024.jpg", phone_jpeg(), "image/jpeg", PHONE_SIZE, 1, CAT_LABELS),
     )
 

@@ -64,7 +64,7 @@ def check_v2(doc: object, n: int, expected: list[frozenset[str]]) -> None:
         raise Malformed(f"expected shape [{n}, {TOP_K}], got {out.get('shape')}")
     for row in range(n):
         labels = set()
-        for item in data[row * TOP_K:(row + 1) * TOP_K]:
+        for item in data[row * TOP_K : (row + 1) * TOP_K]:
             score, _, label = str(item).split(":", 2)
             if not 0.0 <= float(score) <= 1.0:
                 raise Malformed(f"score out of range in {item!r}")
@@ -79,7 +79,9 @@ def multipart(images, boundary: str) -> bytes:
         ext = "png" if img.content_type == "image/png" else "jpg"
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.{ext}"\r\n'
-            f"Content-Type: {img.content_type}\r\n\r\n".encode() + img.data + b"\r\n"
+            f"Content-Type: {img.content_type}\r\n\r\n".encode()
+            + img.data
+            + b"\r\n"
         )
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
@@ -91,8 +93,7 @@ class ClassifierUser(FastHttpUser):
     connection_timeout = 10.0
 
     def _post(self, name: str, path: str, body: bytes, headers: dict, validate) -> None:
-        with self.client.post(path, data=body, headers=headers, name=name,
-                              catch_response=True) as resp:
+        with self.client.post(path, data=body, headers=headers, name=name, catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
@@ -107,16 +108,24 @@ class ClassifierUser(FastHttpUser):
     def predict_multipart(self) -> None:
         img = random.choice(POOL)
         boundary = uuid.uuid4().hex
-        self._post("/predict multipart", f"/predict?top_k={TOP_K}", multipart([img], boundary),
-                   {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                   lambda doc: check_result(doc, img.expected_any))
+        self._post(
+            "/predict multipart",
+            f"/predict?top_k={TOP_K}",
+            multipart([img], boundary),
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            lambda doc: check_result(doc, img.expected_any),
+        )
 
     @task(4)
     def predict_raw(self) -> None:
         img = random.choice(POOL)
-        self._post("/predict raw", f"/predict?top_k={TOP_K}", img.data,
-                   {"Content-Type": img.content_type},
-                   lambda doc: check_result(doc, img.expected_any))
+        self._post(
+            "/predict raw",
+            f"/predict?top_k={TOP_K}",
+            img.data,
+            {"Content-Type": img.content_type},
+            lambda doc: check_result(doc, img.expected_any),
+        )
 
     @task(1)
     def predict_multi(self) -> None:
@@ -129,22 +138,38 @@ class ClassifierUser(FastHttpUser):
             for result, img in zip(doc, imgs, strict=True):
                 check_result(result, img.expected_any)
 
-        self._post(f"/predict x{MULTI_IMAGES}", f"/predict?top_k={TOP_K}",
-                   multipart(imgs, boundary),
-                   {"Content-Type": f"multipart/form-data; boundary={boundary}"}, validate)
+        self._post(
+            f"/predict x{MULTI_IMAGES}",
+            f"/predict?top_k={TOP_K}",
+            multipart(imgs, boundary),
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            validate,
+        )
 
     @task(2)
     def v2_infer(self) -> None:
         imgs = [random.choice(POOL)]
-        body = json.dumps({
-            "id": uuid.uuid4().hex,
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(imgs)],
-                        "data": [base64.b64encode(i.data).decode() for i in imgs]}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": TOP_K}}],
-        }).encode()
-        self._post("/v2 infer", f"/v2/models/{MODEL}/infer", body,
-                   {"Content-Type": "application/json"},
-                   lambda doc: check_v2(doc, len(imgs), [i.expected_any for i in imgs]))
+        body = json.dumps(
+            {
+                "id": uuid.uuid4().hex,
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [len(imgs)],
+                        "data": [base64.b64encode(i.data).decode() for i in imgs],
+                    }
+                ],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": TOP_K}}],
+            }
+        ).encode()
+        self._post(
+            "/v2 infer",
+            f"/v2/models/{MODEL}/infer",
+            body,
+            {"Content-Type": "application/json"},
+            lambda doc: check_v2(doc, len(imgs), [i.expected_any for i in imgs]),
+        )
 
 
 def _params() -> ShapeParams:

@@ -28,17 +28,37 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", args.host, "--csv", str(out / "locust"), "--html", str(out / "report.html"),
-        "--only-summary", "--loglevel", args.loglevel, "--stop-timeout", "10",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        args.host,
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        args.loglevel,
+        "--stop-timeout",
+        "10",
     ]
 
 
 def locust_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {**os.environ, "LOADTEST_SHAPE": args.shape, "LOADTEST_USERS": str(args.users),
-           "LOADTEST_DURATION": str(args.duration), "LOADTEST_STEPS": str(args.steps),
-           "LOADTEST_SPIKE_FACTOR": str(args.spike_factor), "LOADTEST_WAIT_S": str(args.wait),
-           "LOADTEST_MODEL": args.model}
+    env = {
+        **os.environ,
+        "LOADTEST_SHAPE": args.shape,
+        "LOADTEST_USERS": str(args.users),
+        "LOADTEST_DURATION": str(args.duration),
+        "LOADTEST_STEPS": str(args.steps),
+        "LOADTEST_SPIKE_FACTOR": str(args.spike_factor),
+        "LOADTEST_WAIT_S": str(args.wait),
+        "LOADTEST_MODEL": args.model,
+    }
     if args.samples:
         env["LOADTEST_SAMPLES"] = str(Path(args.samples).resolve())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -46,16 +66,20 @@ def locust_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="http://127.0.0.1:8000")
     parser.add_argument("--shape", choices=SHAPES, default="steady")
     parser.add_argument("--users", type=int, help="steady users / last step / spike peak (16)")
     parser.add_argument("--duration", type=float, help="seconds (60; 6 with --smoke)")
     parser.add_argument("--steps", type=int, default=4, help="step ramp: number of steps")
     parser.add_argument("--spike-factor", type=int, default=10, help="spike: peak / baseline users")
-    parser.add_argument("--wait", type=float, default=0.0,
-                        help="mean think time per user in seconds (0: closed loop)")
+    parser.add_argument(
+        "--wait", type=float, default=0.0, help="mean think time per user in seconds (0: closed loop)"
+    )
     parser.add_argument("--model", default="mobilenet_v2", help="model name for the v2 route")
     parser.add_argument("--out", default="artifacts/loadtest", help="output directory")
     parser.add_argument("--slo-p99-ms", type=float, default=DEFAULT_P99_MS)
@@ -78,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     for stale in out.glob("locust_*.csv"):
         stale.unlink()
     cmd = locust_command(args, out)
-    print(f"loadtest: {args.shape} shape, {args.users} users, {args.duration:g}s against {args.host}",
-          flush=True)
+    print(
+        f"loadtest: {args.shape} shape, {args.users} users, {args.duration:g}s against {args.host}",
+        flush=True,
+    )
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_before = children.ru_utime + children.ru_stime
     try:
@@ -90,22 +116,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stats = out / "locust_stats.csv"
     if proc.returncode not in (0, 1) or not stats.exists():
-        print(f"loadtest: Locust failed (exit {proc.returncode}, stats written: {stats.exists()})",
-              file=sys.stderr)
+        print(
+            f"loadtest: Locust failed (exit {proc.returncode}, stats written: {stats.exists()})",
+            file=sys.stderr,
+        )
         return 2
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # Locust shares the machine with the server when both run here: report what it cost.
     locust_cpu_s = children.ru_utime + children.ru_stime - cpu_before
     result = evaluate(stats, args.slo_p99_ms, args.slo_error_ratio)
-    summary = {"host": args.host, "shape": args.shape, "users": args.users,
-               "duration_s": args.duration, "locust_cpu_s": round(locust_cpu_s, 2),
-               "locust_cpu_cores": round(locust_cpu_s / args.duration, 3), **result.as_dict()}
+    summary = {
+        "host": args.host,
+        "shape": args.shape,
+        "users": args.users,
+        "duration_s": args.duration,
+        "locust_cpu_s": round(locust_cpu_s, 2),
+        "locust_cpu_cores": round(locust_cpu_s / args.duration, 3),
+        **result.as_dict(),
+    }
     (out / "slo.json").write_text(json.dumps(summary, indent=2) + "\n")
     verdict = "PASS" if result.passed else "FAIL: " + "; ".join(result.reasons)
-    print(f"loadtest: {result.requests} requests, {result.rps:.1f} req/s, "
-          f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, "
-          f"errors {result.failures} ({result.error_ratio:.3%}), Locust used "
-          f"{summary['locust_cpu_cores']:.2f} cores -> SLO {verdict}", flush=True)
+    print(
+        f"loadtest: {result.requests} requests, {result.rps:.1f} req/s, "
+        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, "
+        f"errors {result.failures} ({result.error_ratio:.3%}), Locust used "
+        f"{summary['locust_cpu_cores']:.2f} cores -> SLO {verdict}",
+        flush=True,
+    )
     return 0 if result.passed else 1
 
 

@@ -38,8 +38,9 @@ def _num(value: str) -> float:
         return float("nan")
 
 
-def evaluate(stats_csv: Path, p99_ms: float = DEFAULT_P99_MS,
-             error_ratio: float = DEFAULT_ERROR_RATIO) -> SloResult:
+def evaluate(
+    stats_csv: Path, p99_ms: float = DEFAULT_P99_MS, error_ratio: float = DEFAULT_ERROR_RATIO
+) -> SloResult:
     rows = list(csv.DictReader(stats_csv.open()))
     total = next((r for r in rows if r["Name"] == "Aggregated"), None)
     if total is None:
@@ -56,13 +57,26 @@ def evaluate(stats_csv: Path, p99_ms: float = DEFAULT_P99_MS,
     if not p99 < p99_ms:  # NaN (no successful request) fails too
         reasons.append(f"p99 {p99:.0f} ms >= {p99_ms:g} ms")
     per_task = {
-        r["Name"]: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
-                    "p50_ms": _num(r["50%"]), "p99_ms": _num(r["99%"]),
-                    "rps": _num(r["Requests/s"])}
-        for r in rows if r["Name"] != "Aggregated"
+        r["Name"]: {
+            "requests": int(r["Request Count"]),
+            "failures": int(r["Failure Count"]),
+            "p50_ms": _num(r["50%"]),
+            "p99_ms": _num(r["99%"]),
+            "rps": _num(r["Requests/s"]),
+        }
+        for r in rows
+        if r["Name"] != "Aggregated"
     }
     return SloResult(
-        requests=requests, failures=failures, error_ratio=ratio, p50_ms=_num(total["50%"]),
-        p99_ms=p99, rps=_num(total["Requests/s"]), slo_p99_ms=p99_ms, slo_error_ratio=error_ratio,
-        passed=not reasons, reasons=reasons, per_task=per_task,
+        requests=requests,
+        failures=failures,
+        error_ratio=ratio,
+        p50_ms=_num(total["50%"]),
+        p99_ms=p99,
+        rps=_num(total["Requests/s"]),
+        slo_p99_ms=p99_ms,
+        slo_error_ratio=error_ratio,
+        passed=not reasons,
+        reasons=reasons,
+        per_task=per_task,
     )

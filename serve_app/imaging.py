@@ -63,9 +63,7 @@ def decode_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarra
     if width < 1 or height < 1:
         raise InvalidImage("image has no pixels")
     if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF/ICC chunks; not the client's fault

@@ -135,7 +135,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[Inferen
         raise InvalidParameter(f"invalid inference request: {first_error(exc.errors())}") from None
 
 
-def read_input(request: InferenceRequest, tail: bytes, crop_size: int, max_items: int) -> ImagesInput | TensorInput:
+def read_input(
+    request: InferenceRequest, tail: bytes, crop_size: int, max_items: int
+) -> ImagesInput | TensorInput:
     """Decode the single input tensor: BYTES of encoded images, or FP32 ``[N, 3, crop, crop]``."""
     if len(request.inputs) != 1:
         raise InvalidParameter(f"expected exactly one input, got {len(request.inputs)}")
@@ -238,8 +240,11 @@ def encode_infer_response(
         binary = bool(out.parameters.get("binary_data", binary_default))
         n = probabilities.shape[0]
         if k:
-            strings = [f"{probabilities[r, c]:f}:{c}:{labels[c]}" for r in range(n)
-                       for c in top_indices(probabilities[r], k)]
+            strings = [
+                f"{probabilities[r, c]:f}:{c}:{labels[c]}"
+                for r in range(n)
+                for c in top_indices(probabilities[r], k)
+            ]
             entry: dict[str, Any] = {"name": out.name, "datatype": "BYTES", "shape": [n, k]}
             if binary:
                 blob = serialize_bytes([s.encode() for s in strings])

@@ -69,13 +69,20 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _reject(request, InvalidParameter.status, InvalidParameter.code, first_error(exc.errors(), "request"))
+    return _reject(
+        request, InvalidParameter.status, InvalidParameter.code, first_error(exc.errors(), "request")
+    )
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _reject(request, exc.status_code, code_for_status(exc.status_code), str(exc.detail),
-                   getattr(exc, "headers", None))
+    return _reject(
+        request,
+        exc.status_code,
+        code_for_status(exc.status_code),
+        str(exc.detail),
+        getattr(exc, "headers", None),
+    )
 
 
 @app.exception_handler(Exception)
@@ -149,8 +156,13 @@ class ImageIngress:
         self._labels = self._weights.categories
         self._tuning = IngressTuning()
         self._pipeline = ClassificationPipeline(
-            model, preprocessing=self._weights.preprocessing, max_image_pixels=self._limits.max_image_pixels,
-            metrics=ingress_metrics(), model_name=settings.model_name, group=self._group)
+            model,
+            preprocessing=self._weights.preprocessing,
+            max_image_pixels=self._limits.max_image_pixels,
+            metrics=ingress_metrics(),
+            model_name=settings.model_name,
+            group=self._group,
+        )
 
     def reconfigure(self, user_config: dict) -> None:
         self._tuning = IngressTuning.model_validate(user_config or {})
@@ -160,8 +172,11 @@ class ImageIngress:
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.
-    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
-                 batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s, max_concurrent_batches=256)
+    @serve.batch(
+        max_batch_size=_DEFAULT_TUNING.max_images_per_model_call,
+        batch_wait_timeout_s=_DEFAULT_TUNING.model_call_wait_s,
+        max_concurrent_batches=256,
+    )
     async def _group(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return await self._pipeline.call_model(arrays)
 
@@ -243,8 +258,9 @@ class ImageIngress:
     @app.get("/v2/models/{model_name}/versions/{version}", response_model=oip.ModelMetadata)
     async def v2_model_metadata(self, model_name: str, version: str | None = None) -> dict:
         oip.check_model(model_name, version, self._settings.model_name, self._weights.version)
-        return oip.model_metadata(model_name, self._weights.version, self._weights.preprocessing.crop_size,
-                                  len(self._labels))
+        return oip.model_metadata(
+            model_name, self._weights.version, self._weights.preprocessing.crop_size, len(self._labels)
+        )
 
     @app.get("/v2/models/{model_name}/ready")
     @app.get("/v2/models/{model_name}/versions/{version}/ready")
@@ -260,14 +276,17 @@ class ImageIngress:
         body = await read_body(request, self._limits.max_body_bytes)
         infer_request, tail = oip.parse_infer_request(body, request.headers.get(oip.BINARY_HEADER))
         parsed = oip.read_input(
-            infer_request, tail, self._weights.preprocessing.crop_size,
+            infer_request,
+            tail,
+            self._weights.preprocessing.crop_size,
             self._limits.max_images_per_request,
         )
         if isinstance(parsed, oip.ImagesInput):
             probabilities = np.stack(await self._pipeline.classify_images(parsed.images))
         else:
             probabilities = await self._pipeline.classify_tensor(
-                parsed.tensor, self._tuning.max_images_per_model_call)
+                parsed.tensor, self._tuning.max_images_per_model_call
+            )
         content, headers = oip.encode_infer_response(
             infer_request, probabilities, self._labels, model_name, self._weights.version
         )

@@ -102,4 +102,3 @@ def ingress_metrics() -> IngressMetrics:
     if _ingress_metrics is None:
         _ingress_metrics = IngressMetrics()
     return _ingress_metrics
-

@@ -76,14 +76,20 @@ class ImageClassifier:
             "tuning": self._tuning.model_dump(),
         }
 
-    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
-                 batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
+    @serve.batch(
+        max_batch_size=_DEFAULT_TUNING.max_batch_size,
+        batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s,
+        batch_size_fn=count_images,
+    )
     async def classify_uint8(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities each."""
         return await self._run(self._model.forward_uint8, groups)
 
-    @serve.batch(max_batch_size=_DEFAULT_TUNING.max_batch_size,
-                 batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s, batch_size_fn=count_images)
+    @serve.batch(
+        max_batch_size=_DEFAULT_TUNING.max_batch_size,
+        batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s,
+        batch_size_fn=count_images,
+    )
     async def classify_normalized(self, groups: list[np.ndarray]) -> list[np.ndarray]:
         """Groups of normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities each."""
         return await self._run(self._model.forward_normalized, groups)

@@ -36,9 +36,17 @@ class ClassificationPipeline:
     each called as ``.remote(...)``); ``metrics`` has ``images`` (a counter) and ``decode_seconds``
     (a histogram), as serve_app.metrics.IngressMetrics."""
 
-    def __init__(self, model: Any, *, preprocessing: Preprocessing, max_image_pixels: int, metrics: Any,
-                 model_name: str, group: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None,
-                 decode_workers: int = 4):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        preprocessing: Preprocessing,
+        max_image_pixels: int,
+        metrics: Any,
+        model_name: str,
+        group: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None,
+        decode_workers: int = 4,
+    ):
         self._model = model
         self._preprocessing = preprocessing
         self._max_image_pixels = max_image_pixels
@@ -66,7 +74,8 @@ class ClassificationPipeline:
         loop = asyncio.get_running_loop()
         try:
             arrays = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self.decode, data) for data in images))
+                *(loop.run_in_executor(self._decode_pool, self.decode, data) for data in images)
+            )
         except ServiceError as exc:
             self._count(len(images), exc.code)
             raise
@@ -76,9 +85,12 @@ class ClassificationPipeline:
     async def classify_tensor(self, tensor: np.ndarray, group_size: int) -> np.ndarray:
         """An already-normalised FP32 ``[N, 3, H, W]`` tensor, sent in calls of at most ``group_size``."""
         with self._outcome(len(tensor)):
-            parts = await asyncio.gather(*(
-                self._model.classify_normalized.remote(tensor[i : i + group_size])
-                for i in range(0, len(tensor), group_size)))
+            parts = await asyncio.gather(
+                *(
+                    self._model.classify_normalized.remote(tensor[i : i + group_size])
+                    for i in range(0, len(tensor), group_size)
+                )
+            )
         return np.concatenate(parts)
 
     async def call_model(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

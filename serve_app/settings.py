@@ -78,11 +78,15 @@ class IngressTuning(BaseModel):
 
     default_top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     max_images_per_model_call: int = Field(
-        8, ge=1, le=512,
+        8,
+        ge=1,
+        le=512,
         description="Decoded images sent to the model in one call; keep <= the model's max_batch_size.",
     )
     model_call_wait_s: float = Field(
-        0.002, ge=0.0, le=1.0,
+        0.002,
+        ge=0.0,
+        le=1.0,
         description="How long an image may wait for others to share its model call.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

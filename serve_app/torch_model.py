@@ -40,9 +40,7 @@ class TorchModel:
         model = torchvision.models.get_model(
             settings.model_name, weights=None, num_classes=len(self.weights.categories)
         )
-        model.load_state_dict(
-            load_state_dict(settings.model_name, settings.weights, settings.weights_sha256)
-        )
+        model.load_state_dict(load_state_dict(settings.model_name, settings.weights, settings.weights_sha256))
         model.eval().to(self.device, memory_format=torch.channels_last)
         crop = self.weights.preprocessing.crop_size
         self.input_shape = (3, crop, crop)
@@ -64,8 +62,13 @@ class TorchModel:
         self._warm: set[int] = set()
         self.warm_up(warmup_batch_sizes)
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s %s on %s in %.2fs", settings.model_name, self.weights.version,
-                 self.device, self.load_seconds)
+        log.info(
+            "loaded %s %s on %s in %.2fs",
+            settings.model_name,
+            self.weights.version,
+            self.device,
+            self.load_seconds,
+        )
 
     def warm_up(self, batch_sizes) -> None:
         """Run each not-yet-seen batch size twice.

@@ -167,8 +167,11 @@ def import_file(path: Path, model_name: str, weights: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.weights", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("prefetch", help="resolve the weights into the local cache")
     pre.add_argument("--model", default="mobilenet_v2")

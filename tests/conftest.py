@@ -61,7 +61,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
         if len(parts) < 2 or parts[0] not in TIERS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in one of the tier folders tests/{{{','.join(TIERS)}}}/")
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in one of the tier folders tests/{{{','.join(TIERS)}}}/"
+            )
         item.add_marker(parts[0])
 
 

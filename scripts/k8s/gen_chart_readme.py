@@ -41,9 +41,15 @@ def render() -> str:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
-    out = [HEADER.format(name=chart["name"], description=" ".join(chart["description"].split()),
-                         version=chart["version"], app_version=chart["appVersion"],
-                         kube_version=chart["kubeVersion"])]
+    out = [
+        HEADER.format(
+            name=chart["name"],
+            description=" ".join(chart["description"].split()),
+            version=chart["version"],
+            app_version=chart["appVersion"],
+            kube_version=chart["kubeVersion"],
+        )
+    ]
     for line in text.splitlines():
         if section := re.match(r"^## @section (.+)$", line):
             out.append(f"\n### {section.group(1)}\n\n| name | description | default |\n| --- | --- | --- |")

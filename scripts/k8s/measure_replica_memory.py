@@ -25,9 +25,18 @@ MiB = 1024 * 1024
 
 def role(proc: psutil.Process) -> str:
     cmd = " ".join(proc.cmdline())
-    for marker in ("ServeReplica:classifier:ImageClassifier", "ServeReplica:classifier:ImageIngress",
-                   "ServeController", "ProxyActor", "gcs_server", "raylet", "dashboard.py", "agent",
-                   "log_monitor", "monitor.py"):
+    for marker in (
+        "ServeReplica:classifier:ImageClassifier",
+        "ServeReplica:classifier:ImageIngress",
+        "ServeController",
+        "ProxyActor",
+        "gcs_server",
+        "raylet",
+        "dashboard.py",
+        "agent",
+        "log_monitor",
+        "monitor.py",
+    ):
         if marker in cmd:
             return marker
     return "other:" + (proc.name() or "?")
@@ -38,22 +47,33 @@ def main() -> None:
     with RayCluster() as cluster:
         cluster.deploy(load_serve_config())
         for _ in range(20):  # warm: batches, torchscript, allocator pools
-            requests.post(f"{cluster.serve_url}/predict", files={"file": ("cat.png", cat, "image/png")},
-                          timeout=30).raise_for_status()
+            requests.post(
+                f"{cluster.serve_url}/predict", files={"file": ("cat.png", cat, "image/png")}, timeout=30
+            ).raise_for_status()
         time.sleep(2)
         per_role: dict[str, list[dict]] = defaultdict(list)
         for proc in cluster.processes():
             try:
                 mem = proc.memory_full_info()
-                per_role[role(proc)].append({"pid": proc.pid, "rss_mib": round(mem.rss / MiB, 1),
-                                             "uss_mib": round(mem.uss / MiB, 1)})
+                per_role[role(proc)].append(
+                    {"pid": proc.pid, "rss_mib": round(mem.rss / MiB, 1), "uss_mib": round(mem.uss / MiB, 1)}
+                )
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         total_rss = sum(p["rss_mib"] for procs in per_role.values() for p in procs)
         total_uss = sum(p["uss_mib"] for procs in per_role.values() for p in procs)
-    print(json.dumps({"per_role": per_role, "total_rss_mib": round(total_rss, 1),
-                      "total_uss_mib": round(total_uss, 1), "cpu_count": psutil.cpu_count(),
-                      "machine_mem_gib": round(psutil.virtual_memory().total / 1024**3, 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "per_role": per_role,
+                "total_rss_mib": round(total_rss, 1),
+                "total_uss_mib": round(total_uss, 1),
+                "cpu_count": psutil.cpu_count(),
+                "machine_mem_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,165 +23,455 @@ NODE = 'namespace=~"$namespace", ray_io_cluster=~"$cluster"'
 POD = 'namespace=~"$namespace", pod=~"$cluster.*", container!="", container!="POD"'
 RI = "$__rate_interval"
 AVAILABILITY_BUDGET = 0.001  # 99.9 %
-LATENCY_BUDGET = 0.01        # 99 % of requests under 500 ms
+LATENCY_BUDGET = 0.01  # 99 % of requests under 500 ms
 
 
-def quantiles(metric: str, qs=(0.5, 0.95, 0.99), by: str = "le", legend: str = "p{q}") -> list[tuple[str, str]]:
+def quantiles(
+    metric: str, qs=(0.5, 0.95, 0.99), by: str = "le", legend: str = "p{q}"
+) -> list[tuple[str, str]]:
     return [
-        (f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{F}}}[{RI}])))",
-         legend.format(q=round(q * 100)))
+        (
+            f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{F}}}[{RI}])))",
+            legend.format(q=round(q * 100)),
+        )
         for q in qs
     ]
 
 
 # (title, type, unit, targets [(expr, legend)], width, height, description)
 ROWS: list[tuple[str, list[tuple]]] = [
-    ("Service level", [
-        ("Availability error budget left (30 d, 99.9 %)", "stat", "percentunit",
-         [(f"1 - max(classifier:slo_availability_errors:ratio_rate30d{{{F}}}) / {AVAILABILITY_BUDGET}", "budget left")],
-         6, 5, ("Share of the 30-day error budget (0.1 % of requests may fail with 5xx) not yet spent. "
-               "From the recording rules in monitoring/prometheusrule.yaml.")),
-        ("Latency error budget left (30 d, 99 % < 500 ms)", "stat", "percentunit",
-         [(f"1 - max(classifier:slo_latency_slow:ratio_rate30d{{{F}}}) / {LATENCY_BUDGET}", "budget left")],
-         6, 5, "Share of the 30-day latency budget (1 % of requests may take over 500 ms) not yet spent."),
-        ("Healthy replicas", "stat", "short",
-         [(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{F}}})", "{{deployment}}")],
-         6, 5, "Replicas passing Serve's health check, per deployment."),
-        ("SLO burn rate (1 h)", "timeseries", "short",
-         [(f"max by (namespace, ray_io_cluster) (classifier:slo_availability_errors:ratio_rate1h{{{F}}}) / {AVAILABILITY_BUDGET}",
-           "availability {{ray_io_cluster}}"),
-          (f"max by (namespace, ray_io_cluster) (classifier:slo_latency_slow:ratio_rate1h{{{F}}}) / {LATENCY_BUDGET}",
-           "latency {{ray_io_cluster}}")],
-         6, 5, ("How fast the error budgets burn: 1 = exactly on budget over 30 days; the fast-burn page fires "
-               "above 14.4 (1 h and 5 m windows).")),
-    ]),
-    ("Traffic and errors", [
-        ("Request rate by route and status", "timeseries", "reqps",
-         [(f"sum by (route, status_code) (rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))",
-           "{{route}} {{status_code}}")],
-         12, 8, "HTTP requests answered by the Serve proxies."),
-        ("Error ratio", "timeseries", "percentunit",
-         [((f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"5.."}}[{RI}])) or vector(0))'
-           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"), "5xx (counts against the SLO)"),
-          ((f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"4.."}}[{RI}])) or vector(0))'
-           f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"), "4xx (client errors)")],
-         12, 8, "Share of requests answered with an error status."),
-        ("Rejected requests by error code", "timeseries", "reqps",
-         [(f"sum by (status, code) (rate(ray_classifier_rejected_requests_total{{{F}}}[{RI}]))",
-           "{{status}} {{code}}")],
-         12, 8, "Requests the application answered with an error, by HTTP status and the API's error code."),
-        ("Images classified by outcome", "timeseries", "short",
-         [(f"sum by (outcome) (rate(ray_classifier_images_total{{{F}}}[{RI}]))", "{{outcome}}")],
-         12, 8, "Images per second handled by the ingress: ok, or the error code that stopped them."),
-    ]),
-    ("Latency", [
-        ("HTTP latency", "timeseries", "ms",
-         quantiles("ray_serve_http_request_latency_ms"), 8, 8,
-         "End-to-end latency at the Serve proxy (all routes of the application)."),
-        ("Model latency per batch", "timeseries", "s",
-         quantiles("ray_classifier_batch_inference_seconds")
-         + quantiles("ray_classifier_image_inference_seconds", (0.99,), legend="per image p{q}"), 8, 8,
-         "Forward-pass time of one batch on the model replicas, and the same divided by the batch size."),
-        ("Decode and preprocessing latency", "timeseries", "s",
-         quantiles("ray_classifier_decode_seconds"), 8, 8,
-         "Time to decode, resize and crop one image on the ingress replicas."),
-    ]),
-    ("Batching and queueing", [
-        ("Batch size", "timeseries", "short",
-         [((f"sum(rate(ray_classifier_model_images_total{{{F}}}[{RI}]))"
-            f" / sum(rate(ray_classifier_batch_size_count{{{F}}}[{RI}]))"), "average"),
-          *quantiles("ray_classifier_batch_size", (0.95,))],
-         8, 8, ("Images per model batch: average = images through the model / batches (both exact counts); "
-               "p95 from the histogram.")),
-        ("Batch wait time", "timeseries", "ms",
-         quantiles("ray_serve_batch_wait_time_ms", (0.5, 0.95)), 8, 8,
-         "How long requests waited for their batch to fill (batch_wait_timeout_s caps it)."),
-        ("Queue length", "timeseries", "short",
-         [(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{F}}})", "{{deployment}} waiting for a replica"),
-          (f"sum by (deployment) (ray_serve_batch_queue_length{{{F}}})", "{{deployment}} in batch queue"),
-          (f"sum by (deployment) (ray_serve_replica_processing_queries{{{F}}})", "{{deployment}} processing")],
-         8, 8, "Requests waiting in front of replicas, waiting to be batched, and being processed."),
-        ("Request payload size", "timeseries", "bytes",
-         quantiles("ray_classifier_request_bytes", (0.5, 0.95)), 8, 8,
-         "Body size of prediction requests."),
-        ("Images per second per model replica", "timeseries", "short",
-         [(f"sum by (replica) (rate(ray_classifier_model_images_total{{{F}}}[{RI}]))", "{{replica}}")],
-         8, 8, "Images classified per second by each model replica."),
-    ]),
-    ("Replicas and pods", [
-        ("Target vs running replicas", "timeseries", "short",
-         [(f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{F}}})", "{{deployment}} target"),
-          (f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{F}}})", "{{deployment}} healthy")],
-         8, 8, "Replicas Serve's autoscaler wants vs replicas that pass their health check."),
-        ("Replica health", "state-timeline", "short",
-         [(f"max by (deployment, replica) (ray_serve_deployment_replica_healthy{{{F}}})", "{{deployment}} {{replica}}"),
-          (f"max by (replica) (ray_classifier_model_ready{{{F}}})", "model loaded {{replica}}")],
-         8, 8, "1 = healthy / model loaded and warmed up; 0 = not."),
-        ("Pods per Ray group", "timeseries", "short",
-         [(('count by (label_ray_io_group) (kube_pod_labels{namespace=~"$namespace", label_ray_io_cluster=~"$cluster", '
-           'label_ray_io_is_ray_node="yes"} and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1))'),
-           "{{label_ray_io_group}} (running pods)"),
-          (f"count by (ray_io_cluster) (ray_node_cpu_count{{{NODE}}})", "Ray nodes reporting {{ray_io_cluster}}")],
-         8, 8, "Running pods of each Ray worker group (kube-state-metrics), and Ray nodes that export metrics."),
-        ("CPU per pod", "timeseries", "short",
-         [(f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{POD}}}[{RI}]))", "{{pod}}"),
-          (f"max by (pod, NodeAddress) (ray_node_cpu_utilization{{{NODE}}} * ray_node_cpu_count{{{NODE}}} / 100)",
-           "{{pod}} {{NodeAddress}} (Ray)")],
-         12, 8, "CPU cores used per pod (cAdvisor) and as Ray's node agent reports it."),
-        ("Memory per pod", "timeseries", "bytes",
-         [(f"sum by (pod) (container_memory_working_set_bytes{{{POD}}})", "{{pod}}"),
-          (f"max by (pod, NodeAddress) (ray_node_mem_used{{{NODE}}})", "{{pod}} {{NodeAddress}} (Ray)")],
-         12, 8, "Working-set memory per pod (cAdvisor, what the OOM killer sees) and Ray's node memory use."),
-    ]),
+    (
+        "Service level",
+        [
+            (
+                "Availability error budget left (30 d, 99.9 %)",
+                "stat",
+                "percentunit",
+                [
+                    (
+                        f"1 - max(classifier:slo_availability_errors:ratio_rate30d{{{F}}}) / {AVAILABILITY_BUDGET}",
+                        "budget left",
+                    )
+                ],
+                6,
+                5,
+                (
+                    "Share of the 30-day error budget (0.1 % of requests may fail with 5xx) not yet spent. "
+                    "From the recording rules in monitoring/prometheusrule.yaml."
+                ),
+            ),
+            (
+                "Latency error budget left (30 d, 99 % < 500 ms)",
+                "stat",
+                "percentunit",
+                [
+                    (
+                        f"1 - max(classifier:slo_latency_slow:ratio_rate30d{{{F}}}) / {LATENCY_BUDGET}",
+                        "budget left",
+                    )
+                ],
+                6,
+                5,
+                "Share of the 30-day latency budget (1 % of requests may take over 500 ms) not yet spent.",
+            ),
+            (
+                "Healthy replicas",
+                "stat",
+                "short",
+                [(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{F}}})", "{{deployment}}")],
+                6,
+                5,
+                "Replicas passing Serve's health check, per deployment.",
+            ),
+            (
+                "SLO burn rate (1 h)",
+                "timeseries",
+                "short",
+                [
+                    (
+                        f"max by (namespace, ray_io_cluster) (classifier:slo_availability_errors:ratio_rate1h{{{F}}}) / {AVAILABILITY_BUDGET}",
+                        "availability {{ray_io_cluster}}",
+                    ),
+                    (
+                        f"max by (namespace, ray_io_cluster) (classifier:slo_latency_slow:ratio_rate1h{{{F}}}) / {LATENCY_BUDGET}",
+                        "latency {{ray_io_cluster}}",
+                    ),
+                ],
+                6,
+                5,
+                (
+                    "How fast the error budgets burn: 1 = exactly on budget over 30 days; the fast-burn page fires "
+                    "above 14.4 (1 h and 5 m windows)."
+                ),
+            ),
+        ],
+    ),
+    (
+        "Traffic and errors",
+        [
+            (
+                "Request rate by route and status",
+                "timeseries",
+                "reqps",
+                [
+                    (
+                        f"sum by (route, status_code) (rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))",
+                        "{{route}} {{status_code}}",
+                    )
+                ],
+                12,
+                8,
+                "HTTP requests answered by the Serve proxies.",
+            ),
+            (
+                "Error ratio",
+                "timeseries",
+                "percentunit",
+                [
+                    (
+                        (
+                            f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"5.."}}[{RI}])) or vector(0))'
+                            f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"
+                        ),
+                        "5xx (counts against the SLO)",
+                    ),
+                    (
+                        (
+                            f'(sum(rate(ray_serve_num_http_requests_total{{{F}, status_code=~"4.."}}[{RI}])) or vector(0))'
+                            f" / sum(rate(ray_serve_num_http_requests_total{{{F}}}[{RI}]))"
+                        ),
+                        "4xx (client errors)",
+                    ),
+                ],
+                12,
+                8,
+                "Share of requests answered with an error status.",
+            ),
+            (
+                "Rejected requests by error code",
+                "timeseries",
+                "reqps",
+                [
+                    (
+                        f"sum by (status, code) (rate(ray_classifier_rejected_requests_total{{{F}}}[{RI}]))",
+                        "{{status}} {{code}}",
+                    )
+                ],
+                12,
+                8,
+                "Requests the application answered with an error, by HTTP status and the API's error code.",
+            ),
+            (
+                "Images classified by outcome",
+                "timeseries",
+                "short",
+                [(f"sum by (outcome) (rate(ray_classifier_images_total{{{F}}}[{RI}]))", "{{outcome}}")],
+                12,
+                8,
+                "Images per second handled by the ingress: ok, or the error code that stopped them.",
+            ),
+        ],
+    ),
+    (
+        "Latency",
+        [
+            (
+                "HTTP latency",
+                "timeseries",
+                "ms",
+                quantiles("ray_serve_http_request_latency_ms"),
+                8,
+                8,
+                "End-to-end latency at the Serve proxy (all routes of the application).",
+            ),
+            (
+                "Model latency per batch",
+                "timeseries",
+                "s",
+                quantiles("ray_classifier_batch_inference_seconds")
+                + quantiles("ray_classifier_image_inference_seconds", (0.99,), legend="per image p{q}"),
+                8,
+                8,
+                "Forward-pass time of one batch on the model replicas, and the same divided by the batch size.",
+            ),
+            (
+                "Decode and preprocessing latency",
+                "timeseries",
+                "s",
+                quantiles("ray_classifier_decode_seconds"),
+                8,
+                8,
+                "Time to decode, resize and crop one image on the ingress replicas.",
+            ),
+        ],
+    ),
+    (
+        "Batching and queueing",
+        [
+            (
+                "Batch size",
+                "timeseries",
+                "short",
+                [
+                    (
+                        (
+                            f"sum(rate(ray_classifier_model_images_total{{{F}}}[{RI}]))"
+                            f" / sum(rate(ray_classifier_batch_size_count{{{F}}}[{RI}]))"
+                        ),
+                        "average",
+                    ),
+                    *quantiles("ray_classifier_batch_size", (0.95,)),
+                ],
+                8,
+                8,
+                (
+                    "Images per model batch: average = images through the model / batches (both exact counts); "
+                    "p95 from the histogram."
+                ),
+            ),
+            (
+                "Batch wait time",
+                "timeseries",
+                "ms",
+                quantiles("ray_serve_batch_wait_time_ms", (0.5, 0.95)),
+                8,
+                8,
+                "How long requests waited for their batch to fill (batch_wait_timeout_s caps it).",
+            ),
+            (
+                "Queue length",
+                "timeseries",
+                "short",
+                [
+                    (
+                        f"sum by (deployment) (ray_serve_deployment_queued_queries{{{F}}})",
+                        "{{deployment}} waiting for a replica",
+                    ),
+                    (
+                        f"sum by (deployment) (ray_serve_batch_queue_length{{{F}}})",
+                        "{{deployment}} in batch queue",
+                    ),
+                    (
+                        f"sum by (deployment) (ray_serve_replica_processing_queries{{{F}}})",
+                        "{{deployment}} processing",
+                    ),
+                ],
+                8,
+                8,
+                "Requests waiting in front of replicas, waiting to be batched, and being processed.",
+            ),
+            (
+                "Request payload size",
+                "timeseries",
+                "bytes",
+                quantiles("ray_classifier_request_bytes", (0.5, 0.95)),
+                8,
+                8,
+                "Body size of prediction requests.",
+            ),
+            (
+                "Images per second per model replica",
+                "timeseries",
+                "short",
+                [(f"sum by (replica) (rate(ray_classifier_model_images_total{{{F}}}[{RI}]))", "{{replica}}")],
+                8,
+                8,
+                "Images classified per second by each model replica.",
+            ),
+        ],
+    ),
+    (
+        "Replicas and pods",
+        [
+            (
+                "Target vs running replicas",
+                "timeseries",
+                "short",
+                [
+                    (
+                        f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{F}}})",
+                        "{{deployment}} target",
+                    ),
+                    (
+                        f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{F}}})",
+                        "{{deployment}} healthy",
+                    ),
+                ],
+                8,
+                8,
+                "Replicas Serve's autoscaler wants vs replicas that pass their health check.",
+            ),
+            (
+                "Replica health",
+                "state-timeline",
+                "short",
+                [
+                    (
+                        f"max by (deployment, replica) (ray_serve_deployment_replica_healthy{{{F}}})",
+                        "{{deployment}} {{replica}}",
+                    ),
+                    (f"max by (replica) (ray_classifier_model_ready{{{F}}})", "model loaded {{replica}}"),
+                ],
+                8,
+                8,
+                "1 = healthy / model loaded and warmed up; 0 = not.",
+            ),
+            (
+                "Pods per Ray group",
+                "timeseries",
+                "short",
+                [
+                    (
+                        (
+                            'count by (label_ray_io_group) (kube_pod_labels{namespace=~"$namespace", label_ray_io_cluster=~"$cluster", '
+                            'label_ray_io_is_ray_node="yes"} and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1))'
+                        ),
+                        "{{label_ray_io_group}} (running pods)",
+                    ),
+                    (
+                        f"count by (ray_io_cluster) (ray_node_cpu_count{{{NODE}}})",
+                        "Ray nodes reporting {{ray_io_cluster}}",
+                    ),
+                ],
+                8,
+                8,
+                "Running pods of each Ray worker group (kube-state-metrics), and Ray nodes that export metrics.",
+            ),
+            (
+                "CPU per pod",
+                "timeseries",
+                "short",
+                [
+                    (f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{POD}}}[{RI}]))", "{{pod}}"),
+                    (
+                        f"max by (pod, NodeAddress) (ray_node_cpu_utilization{{{NODE}}} * ray_node_cpu_count{{{NODE}}} / 100)",
+                        "{{pod}} {{NodeAddress}} (Ray)",
+                    ),
+                ],
+                12,
+                8,
+                "CPU cores used per pod (cAdvisor) and as Ray's node agent reports it.",
+            ),
+            (
+                "Memory per pod",
+                "timeseries",
+                "bytes",
+                [
+                    (f"sum by (pod) (container_memory_working_set_bytes{{{POD}}})", "{{pod}}"),
+                    (
+                        f"max by (pod, NodeAddress) (ray_node_mem_used{{{NODE}}})",
+                        "{{pod}} {{NodeAddress}} (Ray)",
+                    ),
+                ],
+                12,
+                8,
+                "Working-set memory per pod (cAdvisor, what the OOM killer sees) and Ray's node memory use.",
+            ),
+        ],
+    ),
 ]
 
 
 def variable(name: str, label: str, query: str, default: str | None = None) -> dict:
-    current = {"selected": True, "text": default, "value": default} if default else \
-        {"selected": True, "text": ["All"], "value": ["$__all"]}
+    current = (
+        {"selected": True, "text": default, "value": default}
+        if default
+        else {"selected": True, "text": ["All"], "value": ["$__all"]}
+    )
     return {
-        "name": name, "label": label, "type": "query", "datasource": DS,
-        "definition": query, "query": {"query": query, "refId": f"{name}-variable"},
-        "refresh": 2, "includeAll": True, "allValue": ".*", "multi": True, "sort": 1,
-        "current": current, "hide": 0, "options": [], "regex": "", "skipUrlSync": False,
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-variable"},
+        "refresh": 2,
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "sort": 1,
+        "current": current,
+        "hide": 0,
+        "options": [],
+        "regex": "",
+        "skipUrlSync": False,
     }
 
 
-def panel(pid: int, title: str, kind: str, unit: str, targets, x: int, y: int, w: int, h: int, desc: str) -> dict:
+def panel(
+    pid: int, title: str, kind: str, unit: str, targets, x: int, y: int, w: int, h: int, desc: str
+) -> dict:
     p = {
-        "id": pid, "type": kind, "title": title, "description": desc, "datasource": DS,
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "description": desc,
+        "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
         "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DS, "expr": expr, "legendFormat": legend,
-             "range": True, "editorMode": "code"}
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DS,
+                "expr": expr,
+                "legendFormat": legend,
+                "range": True,
+                "editorMode": "code",
+            }
             for i, (expr, legend) in enumerate(targets)
         ],
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {},
     }
     if kind == "timeseries":
-        p["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                        "tooltip": {"mode": "multi", "sort": "desc"}}
-        p["fieldConfig"]["defaults"]["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10,
-                                                  "showPoints": "never", "spanNulls": False}
+        p["options"] = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+        p["fieldConfig"]["defaults"]["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+        }
     elif kind == "stat":
-        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+        p["options"] = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        }
         if unit == "percentunit":
-            p["fieldConfig"]["defaults"]["thresholds"] = {"mode": "absolute", "steps": [
-                {"color": "red", "value": None}, {"color": "orange", "value": 0.25}, {"color": "green", "value": 0.5}]}
+            p["fieldConfig"]["defaults"]["thresholds"] = {
+                "mode": "absolute",
+                "steps": [
+                    {"color": "red", "value": None},
+                    {"color": "orange", "value": 0.25},
+                    {"color": "green", "value": 0.5},
+                ],
+            }
     elif kind == "state-timeline":
         p["options"] = {"showValue": "auto", "mergeValues": True, "rowHeight": 0.9}
-        p["fieldConfig"]["defaults"]["thresholds"] = {"mode": "absolute", "steps": [
-            {"color": "red", "value": None}, {"color": "green", "value": 1}]}
+        p["fieldConfig"]["defaults"]["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}],
+        }
     return p
 
 
 def build() -> dict:
     panels, pid, y = [], 1, 0
     for row_title, row_panels in ROWS:
-        panels.append({"id": pid, "type": "row", "title": row_title, "collapsed": False,
-                       "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+                "panels": [],
+            }
+        )
         pid, y, x, row_h = pid + 1, y + 1, 0, 0
         for title, kind, unit, targets, w, h, desc in row_panels:
             if x + w > 24:
@@ -194,7 +484,7 @@ def build() -> dict:
         "uid": UID,
         "title": "Image classifier / Overview",
         "description": "Ray Serve image classifier: traffic, errors, latency, batching, queueing, replicas, "
-                       "pods and SLO budgets. Generated by scripts/monitoring/overview_dashboard.py.",
+        "pods and SLO budgets. Generated by scripts/monitoring/overview_dashboard.py.",
         "tags": ["ray-serve", "image-classifier", "slo"],
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
@@ -210,16 +500,36 @@ def build() -> dict:
             {"title": "Ray Serve", "type": "link", "url": "/d/rayServeDashboard", "targetBlank": False},
             {"title": "Ray Serve deployments", "type": "link", "url": "/d/rayServeDeploymentDashboard"},
         ],
-        "templating": {"list": [
-            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
-             "regex": "", "skipUrlSync": False},
-            variable("namespace", "Namespace", f"label_values({sel}, namespace)"),
-            variable("cluster", "Ray cluster", f'label_values({sel}{{namespace=~"$namespace"}}, ray_io_cluster)'),
-            variable("application", "Serve application",
-                     f'label_values({sel}{{namespace=~"$namespace", ray_io_cluster=~"$cluster"}}, application)',
-                     default="classifier"),
-        ]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "includeAll": False,
+                    "multi": False,
+                    "options": [],
+                    "refresh": 1,
+                    "regex": "",
+                    "skipUrlSync": False,
+                },
+                variable("namespace", "Namespace", f"label_values({sel}, namespace)"),
+                variable(
+                    "cluster",
+                    "Ray cluster",
+                    f'label_values({sel}{{namespace=~"$namespace"}}, ray_io_cluster)',
+                ),
+                variable(
+                    "application",
+                    "Serve application",
+                    f'label_values({sel}{{namespace=~"$namespace", ray_io_cluster=~"$cluster"}}, application)',
+                    default="classifier",
+                ),
+            ]
+        },
         "panels": panels,
     }
 
@@ -235,7 +545,9 @@ def main() -> int:
     text = render()
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(REPO)} is stale; run {Path(__file__).relative_to(REPO)}", file=sys.stderr)
+            print(
+                f"{OUT.relative_to(REPO)} is stale; run {Path(__file__).relative_to(REPO)}", file=sys.stderr
+            )
             return 1
         return 0
     OUT.write_text(text)

@@ -144,13 +144,22 @@ def fixed_namespace(name: str):
 def ray_pods(ns: str) -> dict[str, dict]:
     """The active Ray cluster's pods by node type (one head, one worker in app-dev.yaml)."""
     pods = get("pods", namespace=ns, selector=f"ray.io/cluster={active_cluster(ns, NAME)}")
-    by_type = {p["metadata"]["labels"]["ray.io/node-type"]: p for p in pods if not p["metadata"].get("deletionTimestamp")}
+    by_type = {
+        p["metadata"]["labels"]["ray.io/node-type"]: p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+    }
     assert set(by_type) == {"head", "worker"}, sorted(by_type)
     return by_type
 
 
 def declared_ports(pod: dict) -> dict[str, int]:
-    return {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
+    return {
+        p["name"]: p["containerPort"]
+        for c in pod["spec"]["containers"]
+        for p in c.get("ports", [])
+        if "name" in p
+    }
 
 
 def targets(pods: dict[str, dict]) -> list[tuple[str, int]]:
@@ -162,37 +171,80 @@ def targets(pods: dict[str, dict]) -> list[tuple[str, int]]:
     return found
 
 
-def probe(ns: str, targets: list[tuple[str, int]], labels: dict[str, str] | None = None,
-          fetch: list[str] = ()) -> dict:
+def probe(
+    ns: str, targets: list[tuple[str, int]], labels: dict[str, str] | None = None, fetch: list[str] = ()
+) -> dict:
     """TCP connects (and HTTP GETs) from a new pod in ``ns``: {"connect": {"ip:port": "open" |
     "timeout" | error}, "fetch": {url: body}}. A connection the enforcer drops times out."""
     name = f"probe-{uuid.uuid4().hex[:5]}"
-    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "runAsUser": 1000, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": ns, "labels": labels or {"app": "probe"}},
-           "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [{
-               "name": "probe", "image": chart_default_image(), "imagePullPolicy": "IfNotPresent",
-               "command": ["python", "-c", PROBE],
-               "env": [{"name": "TARGETS", "value": json.dumps(targets)},
-                       {"name": "FETCH", "value": json.dumps(list(fetch))},
-                       {"name": "TIMEOUT", "value": str(CONNECT_TIMEOUT_S)}],
-               "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-               "securityContext": security}]}}
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {"app": "probe"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": chart_default_image(),
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-c", PROBE],
+                    "env": [
+                        {"name": "TARGETS", "value": json.dumps(targets)},
+                        {"name": "FETCH", "value": json.dumps(list(fetch))},
+                        {"name": "TIMEOUT", "value": str(CONNECT_TIMEOUT_S)},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "50m", "memory": "64Mi"},
+                        "limits": {"memory": "256Mi"},
+                    },
+                    "securityContext": security,
+                }
+            ],
+        },
+    }
     kubectl("apply", "-f", "-", input=json.dumps(pod))
     try:
-        done = wait_for(lambda: (lambda p: p if p["status"].get("phase") in ("Succeeded", "Failed") else None)(
-            get("pod", name, ns)), 180, f"probe pod {ns}/{name} finished", poll_s=1)
+        done = wait_for(
+            lambda: (lambda p: p if p["status"].get("phase") in ("Succeeded", "Failed") else None)(
+                get("pod", name, ns)
+            ),
+            180,
+            f"probe pod {ns}/{name} finished",
+            poll_s=1,
+        )
         logs = kubectl("logs", "-n", ns, name).stdout
         assert done["status"]["phase"] == "Succeeded", logs
         return json.loads(logs.strip().splitlines()[-1])
     finally:
-        kubectl("delete", "pod", name, "-n", ns, "--grace-period=0", "--force", "--ignore-not-found", check=False)
+        kubectl(
+            "delete", "pod", name, "-n", ns, "--grace-period=0", "--force", "--ignore-not-found", check=False
+        )
 
 
 def exec_python(ns: str, pod: dict, code: str) -> str:
-    return kubectl("exec", "-n", ns, pod["metadata"]["name"], "-c", pod["spec"]["containers"][0]["name"], "--",
-                   "python", "-c", code, timeout=60).stdout.strip()
+    return kubectl(
+        "exec",
+        "-n",
+        ns,
+        pod["metadata"]["name"],
+        "-c",
+        pod["spec"]["containers"][0]["name"],
+        "--",
+        "python",
+        "-c",
+        code,
+        timeout=60,
+    ).stdout.strip()
 
 
 def model_verdicts(ns: str, pods: dict[str, dict], peer: Peer) -> dict[str, bool]:
@@ -203,22 +255,28 @@ def model_verdicts(ns: str, pods: dict[str, dict], peer: Peer) -> dict[str, bool
         ports = declared_ports(pod)
         for port_name, number in ports.items():
             verdicts[f"{pod['status']['podIP']}:{number}"] = admits(
-                policies, pod["metadata"]["labels"], ports, port_name, peer, namespace=ns)
+                policies, pod["metadata"]["labels"], ports, port_name, peer, namespace=ns
+            )
     return verdicts
 
 
 def model_user_config(ns: str) -> dict:
-    return serve_applications(ns, NAME)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"]["user_config"]
+    return serve_applications(ns, NAME)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"][
+        "user_config"
+    ]
 
 
 def enforcer_log() -> str:
-    return kubectl("logs", "-n", "kube-system", "-l", "k8s-app=kube-network-policies", "--tail=-1",
-                   timeout=60).stdout
+    return kubectl(
+        "logs", "-n", "kube-system", "-l", "k8s-app=kube-network-policies", "--tail=-1", timeout=60
+    ).stdout
 
 
 def test_the_release_has_its_policies(release):
     names = {p["metadata"]["name"] for p in get("networkpolicy", namespace=release)}
-    assert {f"{NAME}-default-deny", f"{NAME}-serve", f"{NAME}-ray-internal", f"{NAME}-ray-head"} <= names, names
+    assert {f"{NAME}-default-deny", f"{NAME}-serve", f"{NAME}-ray-internal", f"{NAME}-ray-head"} <= names, (
+        names
+    )
 
 
 def test_outsiders_reach_nothing_of_the_ray_cluster_until_enforcement_stops(release, outsider):
@@ -228,9 +286,12 @@ def test_outsiders_reach_nothing_of_the_ray_cluster_until_enforcement_stops(rele
     print(f"\nfrom {outsider} with enforcement: {enforced}")
     assert set(enforced.values()) == {"timeout"}, enforced
     # kube-network-policies itself judged them (its log, read at once: it rotates at 20 MiB).
-    head = f'{release}/{pods["head"]["metadata"]["name"]}'
-    judged = [line for line in enforcer_log().splitlines()
-              if "Evaluating packet" in line and f'dstPod="{head}"' in line and f'srcPod="{release}/' not in line]
+    head = f"{release}/{pods['head']['metadata']['name']}"
+    judged = [
+        line
+        for line in enforcer_log().splitlines()
+        if "Evaluating packet" in line and f'dstPod="{head}"' in line and f'srcPod="{release}/' not in line
+    ]
     assert judged, f"no verdict on {outsider} -> {head} in the enforcer's log"
     head_ip = pods["head"]["status"]["podIP"]
     assert {f"{head_ip}:6379", f"{head_ip}:8265"} <= set(enforced)
@@ -250,7 +311,9 @@ def test_outsiders_reach_nothing_of_the_ray_cluster_until_enforcement_stops(rele
 def test_monitoring_scrapes_the_metrics_ports_and_nothing_else(release):
     pods = ray_pods(release)
     with fixed_namespace("monitoring") as ns:
-        metrics_urls = [f"http://{p['status']['podIP']}:{declared_ports(p)['metrics']}/metrics" for p in pods.values()]
+        metrics_urls = [
+            f"http://{p['status']['podIP']}:{declared_ports(p)['metrics']}/metrics" for p in pods.values()
+        ]
         result = probe(ns, targets(pods), fetch=metrics_urls)
     for url, body in result["fetch"].items():
         assert "ray_" in body, f"{url}: {body[:300]}"
@@ -269,7 +332,11 @@ def test_the_gateway_namespace_serves_predictions_and_reaches_only_the_serve_por
         connect = probe(ns, targets(pods))["connect"]
         with gateway(f"{NAME}-serve-svc.{release}.svc.cluster.local:8000", chart_default_image()) as port:
             classify_cat(port, cat_png)  # REST and OIP v2 both name the cat
-    serve = {f"{p['status']['podIP']}:{declared_ports(p)['serve']}" for p in pods.values() if "serve" in declared_ports(p)}
+    serve = {
+        f"{p['status']['podIP']}:{declared_ports(p)['serve']}"
+        for p in pods.values()
+        if "serve" in declared_ports(p)
+    }
     assert serve and all(connect[t] == "open" for t in serve), connect
     assert all(v == "timeout" for t, v in connect.items() if t not in serve), connect
 
@@ -278,8 +345,11 @@ def test_egress_pods_resolve_names_and_reach_nothing_else_outside_the_release(re
     """DNS (CoreDNS port 53) is the release pods' only way out of the release: the same CoreDNS pod's
     metrics port is dropped, and reachable once enforcement stops."""
     worker = ray_pods(release)["worker"]
-    resolved = exec_python(release, worker, "import socket; print(socket.getaddrinfo("
-                           "'kubernetes.default.svc.cluster.local', 443)[0][4][0])")
+    resolved = exec_python(
+        release,
+        worker,
+        "import socket; print(socket.getaddrinfo('kubernetes.default.svc.cluster.local', 443)[0][4][0])",
+    )
     assert resolved == KUBERNETES_SERVICE_IP, resolved
     [dns] = [p for p in get("pods", namespace="kube-system", selector="k8s-app=kube-dns") if is_ready(p)][:1]
     code = textwrap.dedent(f"""
@@ -300,11 +370,35 @@ def test_the_operator_applies_a_changed_user_config_through_the_dashboard(releas
     """An in-place update: the operator PUTs the new Serve config to the head's dashboard (port 8265,
     open to kuberay-system only) and the model deployment runs with it."""
     values = tmp_path / "batch4.yaml"
-    values.write_text(yaml.safe_dump({"serveConfig": {"deploymentOverrides": [
-        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}]}}))
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "serveConfig": {
+                    "deploymentOverrides": [
+                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}
+                    ]
+                }
+            }
+        )
+    )
     before = active_cluster(release, NAME)
-    helm("upgrade", RELEASE, str(CHART), "-n", release, "-f", str(REPO / "helm-values" / "app-dev.yaml"),
-         "-f", str(values), "--set", "networkPolicy.enabled=true")
-    wait_for(lambda: model_user_config(release).get("max_batch_size") == 4, 300,
-             "the new user_config applied by the operator", poll_s=5)
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        release,
+        "-f",
+        str(REPO / "helm-values" / "app-dev.yaml"),
+        "-f",
+        str(values),
+        "--set",
+        "networkPolicy.enabled=true",
+    )
+    wait_for(
+        lambda: model_user_config(release).get("max_batch_size") == 4,
+        300,
+        "the new user_config applied by the operator",
+        poll_s=5,
+    )
     assert active_cluster(release, NAME) == before  # in place: same Ray cluster

@@ -36,7 +36,9 @@ def bench(cluster, tmp_path_factory):  # noqa: F811
     ns = create_namespace("autoscale")
     try:
         install_until_ready(RELEASE, ns, NAME, *AUTOSCALING_VALUES)
-        steps = Bench(argparse.Namespace(clients=2, spike_clients=10, out=tmp_path_factory.mktemp("rayservice")))
+        steps = Bench(
+            argparse.Namespace(clients=2, spike_clients=10, out=tmp_path_factory.mktemp("rayservice"))
+        )
         steps.ns = ns
         steps.replicas = wait_for(steps.running_replicas, 300, "the model replicas RUNNING", poll_s=3)
         with gateway(f"{NAME}-serve-svc.{ns}.svc.cluster.local:8000", chart_default_image()) as steps.port:
@@ -56,7 +58,9 @@ def test_the_autoscaler_runs_beside_the_head_with_the_worker_bounds(bench):
     [head] = get("pods", namespace=bench.ns, selector="ray.io/node-type=head")
     statuses = {s["name"]: s for s in head["status"]["containerStatuses"]}
     assert "autoscaler" in statuses, sorted(statuses)
-    assert statuses["autoscaler"]["ready"] and statuses["autoscaler"]["restartCount"] == 0, statuses["autoscaler"]
+    assert statuses["autoscaler"]["ready"] and statuses["autoscaler"]["restartCount"] == 0, statuses[
+        "autoscaler"
+    ]
     assert bench.replicas == 2
 
 
@@ -69,13 +73,24 @@ def test_load_scales_serve_then_ray_adds_a_worker_that_serves_and_it_goes_when_i
     assert f["failed"] == 0 and f["requests"] > 100, f
     assert f["peak_target_replicas"] > 2 and f["peak_workers"] == 2, f
     # Each layer acts on what the one before it did.
-    order = ["Serve autoscaling decision", "Ray autoscaler: RayCluster worker replicas raised",
-             "model replica RUNNING on the new worker", "first request served on the new worker", "load stopped",
-             "Serve scaled the model back down", "idle worker pod gone"]
+    order = [
+        "Serve autoscaling decision",
+        "Ray autoscaler: RayCluster worker replicas raised",
+        "model replica RUNNING on the new worker",
+        "first request served on the new worker",
+        "load stopped",
+        "Serve scaled the model back down",
+        "idle worker pod gone",
+    ]
     assert [steps[s] for s in order] == sorted(steps[s] for s in order), steps
-    pods = [p for p in get("pods", namespace=bench.ns, selector="ray.io/node-type=worker")
-            if not p["metadata"].get("deletionTimestamp")]
-    assert len(pods) == 1 and pods[0]["metadata"]["name"] not in f["added_pods"], [p["metadata"]["name"] for p in pods]
+    pods = [
+        p
+        for p in get("pods", namespace=bench.ns, selector="ray.io/node-type=worker")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    assert len(pods) == 1 and pods[0]["metadata"]["name"] not in f["added_pods"], [
+        p["metadata"]["name"] for p in pods
+    ]
 
 
 def test_an_update_applied_in_place_keeps_the_ray_cluster_and_fails_no_request(bench):

@@ -64,7 +64,9 @@ def dev(cluster):  # noqa: F811
 def test_the_operator_accepts_the_rayservice_and_creates_the_ray_cluster(dev):
     events = kuberay_events(dev, NAME)
     reasons = {e["reason"] for e in events}
-    assert "ValidationFailed" not in reasons, [e["message"] for e in events if e["reason"] == "ValidationFailed"]
+    assert "ValidationFailed" not in reasons, [
+        e["message"] for e in events if e["reason"] == "ValidationFailed"
+    ]
     [raycluster] = get("raycluster", namespace=dev)
     assert raycluster["metadata"]["ownerReferences"][0]["name"] == NAME
     assert raycluster["metadata"]["name"] == active_cluster(dev, NAME)
@@ -72,14 +74,19 @@ def test_the_operator_accepts_the_rayservice_and_creates_the_ray_cluster(dev):
     pods = get("pods", namespace=dev, selector=f"ray.io/cluster={raycluster['metadata']['name']}")
     types = sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in pods)
     assert types == ["head", "worker"], types
-    assert all(p["status"]["phase"] == "Running" for p in pods), [(p["metadata"]["name"], p["status"]["phase"]) for p in pods]
+    assert all(p["status"]["phase"] == "Running" for p in pods), [
+        (p["metadata"]["name"], p["status"]["phase"]) for p in pods
+    ]
 
 
 def test_every_pod_is_admitted_under_pod_security_restricted(dev):
     labels = get("namespace", dev)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    refused = [e["message"] for e in get("events", namespace=dev)
-               if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")]
+    refused = [
+        e["message"]
+        for e in get("events", namespace=dev)
+        if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")
+    ]
     assert not refused, refused
     # What admission let through really is restricted: no pod runs as root or may escalate.
     for pod in get("pods", namespace=dev):
@@ -87,8 +94,11 @@ def test_every_pod_is_admitted_under_pod_security_restricted(dev):
         assert spec["securityContext"]["runAsNonRoot"] is True, pod["metadata"]["name"]
         for c in spec["containers"] + spec.get("initContainers", []):
             sc = c.get("securityContext", {})
-            assert sc.get("allowPrivilegeEscalation") is False and sc["capabilities"]["drop"] == ["ALL"], \
-                (pod["metadata"]["name"], c["name"], sc)
+            assert sc.get("allowPrivilegeEscalation") is False and sc["capabilities"]["drop"] == ["ALL"], (
+                pod["metadata"]["name"],
+                c["name"],
+                sc,
+            )
 
 
 def test_the_chart_default_image_reference_is_what_runs(dev):
@@ -99,13 +109,20 @@ def test_the_chart_default_image_reference_is_what_runs(dev):
 def test_rendered_objects_exist_as_rendered(dev):
     problems = []
     for doc in render(RELEASE, dev, *VALUES):
-        live = get(doc["kind"].lower(), doc["metadata"]["name"], dev if doc["kind"] != "Namespace" else None,
-                   missing_ok=True)
+        live = get(
+            doc["kind"].lower(),
+            doc["metadata"]["name"],
+            dev if doc["kind"] != "Namespace" else None,
+            missing_ok=True,
+        )
         if live is None:
             problems.append(f"{doc['kind']}/{doc['metadata']['name']} missing")
         elif doc["kind"] in ("Service", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap"):
             key = "data" if doc["kind"] == "ConfigMap" else "spec"
-            problems += [f"{doc['kind']}/{doc['metadata']['name']}{d}" for d in is_subset(doc[key], live[key], "." + key)]
+            problems += [
+                f"{doc['kind']}/{doc['metadata']['name']}{d}"
+                for d in is_subset(doc[key], live[key], "." + key)
+            ]
     assert not problems, "\n".join(problems)
 
 
@@ -117,29 +134,49 @@ def test_a_cat_photo_and_tritonclient_classify_through_the_serve_service(dev, ca
 def test_the_users_smoke_test_passes_against_this_release(dev):
     """tests/smoke/test_cluster_smoke.py is what docs/SETUP.md gives users for their own cluster: it must
     pass, with nothing skipped, against this real install."""
-    proc = run(sys.executable, "-m", "pytest", "-m", "smoke", "-p", "no:cacheprovider", "-q",
-               str(REPO / "tests" / "smoke" / "test_cluster_smoke.py"), check=False, timeout=900,
-               env={"APP_NAMESPACE": dev, "RELEASE": RELEASE, "VALUES": ",".join(VALUES), "READY_TIMEOUT_S": "300"})
+    proc = run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "smoke",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        str(REPO / "tests" / "smoke" / "test_cluster_smoke.py"),
+        check=False,
+        timeout=900,
+        env={"APP_NAMESPACE": dev, "RELEASE": RELEASE, "VALUES": ",".join(VALUES), "READY_TIMEOUT_S": "300"},
+    )
     tail = proc.stdout[-3000:]
     assert proc.returncode == 0, tail
     assert "skipped" not in tail and " passed" in tail, tail
 
 
 def model_user_config(ns: str) -> dict:
-    return serve_applications(ns, NAME)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"]["user_config"]
+    return serve_applications(ns, NAME)["classifier"]["deployments"]["ImageClassifier"]["deployment_config"][
+        "user_config"
+    ]
 
 
 def wait_upgrade_done(ns: str, old_cluster: str, timeout_s: float = 1200) -> str:
     """The RayService serves from a new cluster, is Ready, and the old cluster is gone."""
+
     def done():
         obj = rayservice(ns, NAME)
         new = active_cluster(ns, NAME)
         pending = (obj.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
         names = {c["metadata"]["name"] for c in get("raycluster", namespace=ns)}
         # ... and its pods too, so the node has its CPU back for the next step.
-        pods = {p["metadata"]["labels"].get("ray.io/cluster") for p in get("pods", namespace=ns, selector="ray.io/cluster")}
+        pods = {
+            p["metadata"]["labels"].get("ray.io/cluster")
+            for p in get("pods", namespace=ns, selector="ray.io/cluster")
+        }
         ready = condition(obj, "Ready").get("status") == "True"
-        return new if new and new != old_cluster and not pending and ready and names == pods == {new} else None
+        return (
+            new if new and new != old_cluster and not pending and ready and names == pods == {new} else None
+        )
+
     return wait_for(done, timeout_s, f"the upgrade of {NAME} away from {old_cluster}", poll_s=5)
 
 
@@ -151,11 +188,19 @@ class ServeEndpoints:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            slices = get("endpointslices", namespace=self.ns, selector=f"kubernetes.io/service-name={NAME}-serve-svc")
-            pods = {e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []
-                    if (e.get("conditions") or {}).get("ready")}
-            owner = {p["metadata"]["name"]: p["metadata"]["labels"].get("ray.io/cluster")
-                     for p in get("pods", namespace=self.ns, selector="ray.io/cluster")}
+            slices = get(
+                "endpointslices", namespace=self.ns, selector=f"kubernetes.io/service-name={NAME}-serve-svc"
+            )
+            pods = {
+                e["targetRef"]["name"]
+                for s in slices
+                for e in s.get("endpoints") or []
+                if (e.get("conditions") or {}).get("ready")
+            }
+            owner = {
+                p["metadata"]["name"]: p["metadata"]["labels"].get("ray.io/cluster")
+                for p in get("pods", namespace=self.ns, selector="ray.io/cluster")
+            }
             clusters = sorted({owner.get(p, "?") for p in pods})
             if not self.seen or self.seen[-1] != clusters:
                 self.seen.append(clusters)
@@ -177,33 +222,53 @@ def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path)
     new_tag = "0.1.1"
     tag_image(image, f"{repo}:{new_tag}")
     v11 = tmp_path / "v1.1.yaml"
-    v11.write_text(yaml.safe_dump({
-        "image": {"tag": new_tag},
-        "serveConfig": {"deploymentOverrides": [
-            {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}]},
-    }))
+    v11.write_text(
+        yaml.safe_dump(
+            {
+                "image": {"tag": new_tag},
+                "serveConfig": {
+                    "deploymentOverrides": [
+                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}
+                    ]
+                },
+            }
+        )
+    )
     assert model_user_config(dev)["max_batch_size"] == 8
-    steps = [("upgrade 1.0 -> 1.1", ("upgrade", RELEASE, str(CHART), "-n", dev, "-f", str(REPO / VALUES[0]),
-                                     "-f", str(v11)), new_tag, 4),
-             ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", dev), old_tag, 8)]
+    steps = [
+        (
+            "upgrade 1.0 -> 1.1",
+            ("upgrade", RELEASE, str(CHART), "-n", dev, "-f", str(REPO / VALUES[0]), "-f", str(v11)),
+            new_tag,
+            4,
+        ),
+        ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", dev), old_tag, 8),
+    ]
     with gateway(f"{NAME}-serve-svc.{dev}.svc.cluster.local:8000", image) as port:
         wait_http_ok(f"http://127.0.0.1:{port}/ready")
         for step, helm_args, want_tag, want_batch in steps:
             before = active_cluster(dev, NAME)
             start = time.monotonic()
-            with Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load, \
-                    ServeEndpoints(dev) as endpoints:
+            with (
+                Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load,
+                ServeEndpoints(dev) as endpoints,
+            ):
                 time.sleep(10)  # steady traffic before the change ...
                 helm(*helm_args)
                 after = wait_upgrade_done(dev, before)
                 time.sleep(10)  # ... and after it
-            print(f"\n{step}: cluster {before} -> {after} in {time.monotonic() - start:.0f} s; {load.summary()}")
+            print(
+                f"\n{step}: cluster {before} -> {after} in {time.monotonic() - start:.0f} s; {load.summary()}"
+            )
             assert load.failed == 0, load.summary()
             assert load.ok > 50, load.summary()
             # The serve Service (and so a LoadBalancer, which is this Service) never spans two clusters.
             assert endpoints.seen and all(len(c) <= 1 for c in endpoints.seen), endpoints.seen
             assert [before] in endpoints.seen and [after] in endpoints.seen, endpoints.seen
-            images = {c["image"] for p in get("pods", namespace=dev, selector=f"ray.io/cluster={after}")
-                      for c in p["spec"]["containers"]}
+            images = {
+                c["image"]
+                for p in get("pods", namespace=dev, selector=f"ray.io/cluster={after}")
+                for c in p["spec"]["containers"]
+            }
             assert images == {f"{repo}:{want_tag}"}, images
             assert model_user_config(dev)["max_batch_size"] == want_batch

@@ -53,8 +53,11 @@ def applied(cluster):  # noqa: F811
 def test_the_operator_accepts_it_and_every_pod_is_admitted(applied):
     ns, name = applied
     assert "ValidationFailed" not in {e["reason"] for e in kuberay_events(ns, name)}
-    refused = [e["message"] for e in get("events", namespace=ns)
-               if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")]
+    refused = [
+        e["message"]
+        for e in get("events", namespace=ns)
+        if e["reason"] == "FailedCreate" or "violates PodSecurity" in e.get("message", "")
+    ]
     assert not refused, refused
     pods = get("pods", namespace=ns, selector="ray.io/is-ray-node=yes")
     assert sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in pods) == ["head", "worker"]
@@ -63,8 +66,11 @@ def test_the_operator_accepts_it_and_every_pod_is_admitted(applied):
 
 def test_every_object_of_the_manifest_exists(applied):
     ns, _ = applied
-    missing = [f"{d['kind']}/{d['metadata']['name']}" for d in manifest_docs()
-               if get(d["kind"].lower(), d["metadata"]["name"], ns, missing_ok=True) is None]
+    missing = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in manifest_docs()
+        if get(d["kind"].lower(), d["metadata"]["name"], ns, missing_ok=True) is None
+    ]
     assert not missing, missing
 
 

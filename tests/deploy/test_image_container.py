@@ -42,9 +42,27 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 def test_ca(tmp_path_factory) -> str:
     """A throwaway CA certificate (its key is discarded) to bake in through EXTRA_CA_CERTS."""
     out = tmp_path_factory.mktemp("ca")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=ray-serve-image-classifier test CA", "-keyout", str(out / "key.pem"),
-                    "-out", str(out / "ca.pem")], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ray-serve-image-classifier test CA",
+            "-keyout",
+            str(out / "key.pem"),
+            "-out",
+            str(out / "ca.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return (out / "ca.pem").read_text()
 
 
@@ -60,8 +78,12 @@ def image(test_ca):
 
 def test_dockerfile_is_hadolint_clean():
     assert HADOLINT.exists(), "hadolint missing: run scripts/tools/docker.sh"
-    result = subprocess.run([str(HADOLINT), "--failure-threshold", "info", str(REPO / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(HADOLINT), "--failure-threshold", "info", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # Every ignored rule is justified by a comment just above it.
     lines = (REPO / "Dockerfile").read_text().splitlines()
@@ -118,11 +140,33 @@ def test_container_serves_a_cat_as_uid_1000(image, cat_png, tmp_path):
     for file in config_dir.iterdir():
         file.chmod(0o644)
     name = f"ray-serve-image-test-{os.getpid()}-{port}"
-    docker("run", "-d", "--name", name, "--network", "host", "--shm-size", "512m",
-           "--read-only", "--tmpfs", "/tmp:rw,exec,mode=1777,size=2g",
-           "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-           "-e", "RAY_AUTH_MODE=token", "-e", "RAY_AUTH_TOKEN_PATH=/config/auth_token",
-           "-v", f"{config_dir}:/config:ro", image, "serve", "run", "/config/serve_config.yaml")
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--shm-size",
+        "512m",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,exec,mode=1777,size=2g",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-e",
+        "RAY_AUTH_MODE=token",
+        "-e",
+        "RAY_AUTH_TOKEN_PATH=/config/auth_token",
+        "-v",
+        f"{config_dir}:/config:ro",
+        image,
+        "serve",
+        "run",
+        "/config/serve_config.yaml",
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -139,8 +183,9 @@ def test_container_serves_a_cat_as_uid_1000(image, cat_png, tmp_path):
                 pytest.fail("no /ready:\n" + docker("logs", name, check=False).stderr[-4000:])
             time.sleep(2)
         print(f"\ncontainer ready in {time.monotonic() - begin:.1f} s")
-        response = requests.post(f"{url}/predict", data=cat_png, headers={"Content-Type": "image/png"},
-                                 timeout=30)
+        response = requests.post(
+            f"{url}/predict", data=cat_png, headers={"Content-Type": "image/png"}, timeout=30
+        )
         assert response.status_code == 200, response.text
         assert response.json()["predictions"][0]["label"] in CAT_LABELS, response.json()
         assert docker("exec", name, "id", "-u").stdout.strip() == "1000"

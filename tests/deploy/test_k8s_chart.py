@@ -47,6 +47,7 @@ from harness.tools import CRDS_DIR
 
 # ----------------------------------------------------------------------------------------- helm itself
 
+
 @pytest.mark.parametrize("case", CASES)
 def test_helm_lint_strict_passes(case):
     result = run_helm("lint", "--strict", str(CHART), *CASES[case])
@@ -62,12 +63,17 @@ def test_helm_template_renders_objects(case):
 
 
 def test_plain_manifest_is_helm_template_with_the_dev_values():
-    body = "".join(line for line in PLAIN_MANIFEST.read_text().splitlines(keepends=True)
-                   if not line.startswith("# Generated") and not line.startswith("# Quick start")
-                   and not line.startswith("#   kubectl"))
+    body = "".join(
+        line
+        for line in PLAIN_MANIFEST.read_text().splitlines(keepends=True)
+        if not line.startswith("# Generated")
+        and not line.startswith("# Quick start")
+        and not line.startswith("#   kubectl")
+    )
     assert body == render_text("dev"), (
         "kuberay/rayservice.yaml differs from `helm template` with helm-values/app-dev.yaml: "
-        "run scripts/k8s/render.sh")
+        "run scripts/k8s/render.sh"
+    )
 
 
 def namespaces_named(node, path="") -> list[str]:
@@ -105,6 +111,7 @@ def test_plain_manifest_is_a_quick_start_that_names_no_namespace():
 
 # ------------------------------------------------------------------------------ serveConfigV2 == file
 
+
 def serve_config_v2(docs: list[dict]) -> dict:
     return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
 
@@ -122,6 +129,7 @@ def test_chart_reads_serve_config_through_a_symlink_to_the_repo_file():
 
 def apply_overrides(config: dict, overrides: list[dict]) -> dict:
     """Independent implementation of the chart's deploymentOverrides, for checking it."""
+
     def deep_merge(dst: dict, src: dict) -> None:
         for key, value in src.items():
             if isinstance(value, dict) and isinstance(dst.get(key), dict):
@@ -131,8 +139,12 @@ def apply_overrides(config: dict, overrides: list[dict]) -> dict:
 
     config = copy.deepcopy(config)
     for override in overrides:
-        matches = [d for app in config["applications"] for d in app.get("deployments", [])
-                   if d["name"] == override["name"]]
+        matches = [
+            d
+            for app in config["applications"]
+            for d in app.get("deployments", [])
+            if d["name"] == override["name"]
+        ]
         assert matches, override["name"]
         for dep in matches:
             for key in override.get("unset", []):
@@ -142,7 +154,9 @@ def apply_overrides(config: dict, overrides: list[dict]) -> dict:
 
 
 def test_prod_serve_config_v2_is_the_file_plus_exactly_the_listed_overrides():
-    overrides = yaml.safe_load((HELM_VALUES / "app-prod.yaml").read_text())["serveConfig"]["deploymentOverrides"]
+    overrides = yaml.safe_load((HELM_VALUES / "app-prod.yaml").read_text())["serveConfig"][
+        "deploymentOverrides"
+    ]
     expected = apply_overrides(yaml.safe_load(SERVE_CONFIG.read_text()), overrides)
     rendered = serve_config_v2(render("prod"))
     assert rendered == expected
@@ -151,12 +165,16 @@ def test_prod_serve_config_v2_is_the_file_plus_exactly_the_listed_overrides():
     assert model["autoscaling_config"]["max_replicas"] == 10
     assert "num_replicas" not in model
     # Everything not overridden (args, limits, user_config) is still the file's.
-    assert rendered["applications"][0]["args"] == yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
+    assert (
+        rendered["applications"][0]["args"]
+        == yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
+    )
 
 
 def test_override_of_an_unknown_deployment_fails_the_render():
-    result = run_helm("template", RELEASE, str(CHART), "--set", "serveConfig.deploymentOverrides[0].name=Nope",
-                      check=False)
+    result = run_helm(
+        "template", RELEASE, str(CHART), "--set", "serveConfig.deploymentOverrides[0].name=Nope", check=False
+    )
     assert result.returncode != 0
     assert 'no deployment named "Nope"' in result.stderr
 
@@ -172,16 +190,24 @@ def test_serve_schema_check_would_catch_a_bad_override():
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    config = apply_overrides(yaml.safe_load(SERVE_CONFIG.read_text()), [
-        {"name": "ImageClassifier", "set": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 10}}}])
+    config = apply_overrides(
+        yaml.safe_load(SERVE_CONFIG.read_text()),
+        [{"name": "ImageClassifier", "set": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 10}}}],
+    )
     with pytest.raises(ValidationError):  # num_replicas left in beside autoscaling_config
         ServeDeploySchema.model_validate(config)
 
 
 # ---------------------------------------------------------------------- built-in objects: k8s schemas
 
-BUILTIN_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1",
-                  "rbac.authorization.k8s.io/v1"}
+BUILTIN_GROUPS = {
+    "v1",
+    "apps/v1",
+    "autoscaling/v2",
+    "policy/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+}
 
 
 @pytest.mark.parametrize("k8s", K8S_VERSIONS)
@@ -197,8 +223,10 @@ def test_builtin_objects_validate_strictly(case, k8s):
         except kubernetes_validate.SchemaNotFoundError as exc:
             pytest.fail(f"{case}: no Kubernetes {k8s} schema for {doc['kind']}: {exc}")
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{case}: {doc['kind']}/{doc['metadata']['name']} invalid for {k8s}: {exc.message} "
-                        f"at {list(exc.caught.absolute_path)}")
+            pytest.fail(
+                f"{case}: {doc['kind']}/{doc['metadata']['name']} invalid for {k8s}: {exc.message} "
+                f"at {list(exc.caught.absolute_path)}"
+            )
         checked += 1
     assert checked
 
@@ -209,12 +237,18 @@ def test_rayservice_pod_templates_validate_as_kubernetes_pod_templates(case, k8s
     cluster = one(render(case), "RayService")["spec"]["rayClusterConfig"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for template in templates:
-        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"},
-                   "template": template}
+        wrapped = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "check"},
+            "template": template,
+        }
         try:
             kubernetes_validate.validate(wrapped, k8s, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{case}: pod template invalid for {k8s}: {exc.message} at {list(exc.caught.absolute_path)}")
+            pytest.fail(
+                f"{case}: pod template invalid for {k8s}: {exc.message} at {list(exc.caught.absolute_path)}"
+            )
 
 
 def test_kubernetes_validate_rejects_unknown_fields_and_kinds():
@@ -224,11 +258,13 @@ def test_kubernetes_validate_rejects_unknown_fields_and_kinds():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, "1.33", strict=True)
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Nonsense", "metadata": {"name": "x"}},
-                                     "1.33", strict=True)
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Nonsense", "metadata": {"name": "x"}}, "1.33", strict=True
+        )
 
 
 # ------------------------------------------------------------------ custom resources: real CRD schemas
+
 
 def _strict(schema: dict) -> dict:
     """A CRD structural schema as the API server applies it: unknown fields rejected unless
@@ -252,8 +288,11 @@ def _strict(schema: dict) -> dict:
     for key in ("anyOf", "allOf", "oneOf"):
         if key in schema and not schema.get("x-kubernetes-int-or-string"):
             schema[key] = [_strict(s) for s in schema[key]]
-    if (schema.get("type") == "object" and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        schema.get("type") == "object"
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         schema["additionalProperties"] = False
     return schema
 
@@ -272,19 +311,28 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
             schema = _strict(version["schema"]["openAPIV3Schema"])
             # ObjectMeta is validated by the API server itself, not by the CRD schema.
             schema["properties"]["metadata"] = {
-                "type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                                        "maxLength": 63},
-                               "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                               "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
-                "additionalProperties": False}
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                        "maxLength": 63,
+                    },
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "additionalProperties": False,
+            }
             validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
     return validators
 
 
-CRD_KINDS_BY_API = {"ray.io/v1": {"RayService", "RayCluster"},
-                    "gateway.networking.k8s.io/v1": {"HTTPRoute"},
-                    "monitoring.coreos.com/v1": {"PodMonitor", "ServiceMonitor", "PrometheusRule"}}
+CRD_KINDS_BY_API = {
+    "ray.io/v1": {"RayService", "RayCluster"},
+    "gateway.networking.k8s.io/v1": {"HTTPRoute"},
+    "monitoring.coreos.com/v1": {"PodMonitor", "ServiceMonitor", "PrometheusRule"},
+}
 
 
 def crd_errors(doc: dict) -> list[str]:
@@ -317,7 +365,8 @@ def test_crd_validation_rejects_unknown_and_mistyped_fields():
     # int-or-string and preserve-unknown-fields are honoured, not over-rejected.
     ok = copy.deepcopy(service)
     ok["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
-        "limits"]["cpu"] = 2
+        "limits"
+    ]["cpu"] = 2
     assert not crd_errors(ok)
 
 
@@ -359,8 +408,15 @@ def test_kuberay_rules_catch_what_the_operator_refuses():
 def test_worker_idle_timeout_is_rendered_only_for_autoscaler_v2(enabled, version):
     """validateWorkerGroupIdleTimeout: a worker group's idleTimeoutSeconds needs autoscaler v2; v1 reads
     autoscalerOptions.idleTimeoutSeconds (off: neither exists)."""
-    service = one(render_with("--set", f"ray.autoscaler.enabled={str(enabled).lower()}",
-                              "--set", f"ray.autoscaler.version={version}"), "RayService")
+    service = one(
+        render_with(
+            "--set",
+            f"ray.autoscaler.enabled={str(enabled).lower()}",
+            "--set",
+            f"ray.autoscaler.version={version}",
+        ),
+        "RayService",
+    )
     assert rayservice_errors(service) == []
     cluster = service["spec"]["rayClusterConfig"]
     [workers] = cluster["workerGroupSpecs"]
@@ -414,13 +470,17 @@ def test_disruption_model_matches_the_defect():
     assert disruptions_allowed({"spec": {"minAvailable": 2}}, ready_pods=2, owner_has_scale=False) == 0
 
 
-@pytest.mark.parametrize("args,fewest", [
-    ([], 1),                                                                        # default: minReplicas 1
-    (["-f", str(HELM_VALUES / "app-prod.yaml")], 2),
-    (["--set", "ray.worker.minReplicas=4", "--set", "ray.worker.replicas=4"], 4),
-    (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=3"], 3),  # fixed count
-    (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=9"], 5),  # clamped to max
-], ids=["default", "prod", "min4", "fixed3", "fixed-clamped"])
+@pytest.mark.parametrize(
+    "args,fewest",
+    [
+        ([], 1),  # default: minReplicas 1
+        (["-f", str(HELM_VALUES / "app-prod.yaml")], 2),
+        (["--set", "ray.worker.minReplicas=4", "--set", "ray.worker.replicas=4"], 4),
+        (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=3"], 3),  # fixed count
+        (["--set", "ray.autoscaler.enabled=false", "--set", "ray.worker.replicas=9"], 5),  # clamped to max
+    ],
+    ids=["default", "prod", "min4", "fixed3", "fixed-clamped"],
+)
 def test_worker_pdb_lets_a_drain_proceed_at_the_groups_smallest_size(args, fewest):
     docs = render_with(*args)
     pdbs = by_kind(docs, "PodDisruptionBudget")
@@ -430,7 +490,8 @@ def test_worker_pdb_lets_a_drain_proceed_at_the_groups_smallest_size(args, fewes
     [pdb] = pdbs
     assert "maxUnavailable" not in pdb["spec"] and isinstance(pdb["spec"]["minAvailable"], int)
     worker_labels = one(docs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"][
-        "metadata"]["labels"]
+        "metadata"
+    ]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
     assert disruptions_allowed(pdb, ready_pods=fewest, owner_has_scale=False) == 1
     assert disruptions_allowed(pdb, ready_pods=fewest + 3, owner_has_scale=False) == 4
@@ -442,12 +503,22 @@ def test_deployment_pdb_keeps_max_unavailable():
     assert disruptions_allowed(pdb, ready_pods=3, owner_has_scale=True) == 1
 
 
-GCS_FT = ["--set", "ray.gcsFaultTolerance.enabled=true",
-          "--set", "ray.gcsFaultTolerance.redisAddress=redis:6379"]
-INCREMENTAL = ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
-               "--set", "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30"]
+GCS_FT = [
+    "--set",
+    "ray.gcsFaultTolerance.enabled=true",
+    "--set",
+    "ray.gcsFaultTolerance.redisAddress=redis:6379",
+]
+INCREMENTAL = [
+    "--set",
+    "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+    "--set",
+    "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+    "--set",
+    "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
+    "--set",
+    "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
+]
 
 
 def test_prod_gcs_state_is_keyed_by_each_clusters_uid():
@@ -458,18 +529,37 @@ def test_prod_gcs_state_is_keyed_by_each_clusters_uid():
     assert "ray.io/external-storage-namespace" not in (service["metadata"].get("annotations") or {})
 
 
-@pytest.mark.parametrize("strategy", [["--set", "ray.upgradeStrategy.type=NewCluster"], INCREMENTAL],
-                         ids=["NewCluster", "incremental"])
+@pytest.mark.parametrize(
+    "strategy",
+    [["--set", "ray.upgradeStrategy.type=NewCluster"], INCREMENTAL],
+    ids=["NewCluster", "incremental"],
+)
 def test_a_shared_redis_namespace_is_refused_where_upgrades_run_two_clusters(strategy):
-    result = run_helm("template", RELEASE, str(CHART), *GCS_FT, *strategy,
-                      "--set", "ray.gcsFaultTolerance.externalStorageNamespace=classifier", check=False)
+    result = run_helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        *GCS_FT,
+        *strategy,
+        "--set",
+        "ray.gcsFaultTolerance.externalStorageNamespace=classifier",
+        check=False,
+    )
     assert result.returncode != 0
     assert "externalStorageNamespace" in result.stderr and "cleanup" in result.stderr, result.stderr
 
 
 def test_a_fixed_redis_namespace_is_rendered_when_no_upgrade_runs_a_second_cluster():
-    service = one(render_with(*GCS_FT, "--set", "ray.upgradeStrategy.type=None", "--set",
-                              "ray.gcsFaultTolerance.externalStorageNamespace=classifier"), "RayService")
+    service = one(
+        render_with(
+            *GCS_FT,
+            "--set",
+            "ray.upgradeStrategy.type=None",
+            "--set",
+            "ray.gcsFaultTolerance.externalStorageNamespace=classifier",
+        ),
+        "RayService",
+    )
     gcs = service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
     assert gcs["externalStorageNamespace"] == "classifier"
     assert rayservice_errors(service) == []
@@ -538,24 +628,30 @@ def test_local_deployment_values_fit_one_2_cpu_node_through_a_rolling_update():
 CHART_NAME = "ray-serve-image-classifier"
 
 
-@pytest.mark.parametrize("release,extra,name", [
-    (CHART_NAME + "-" + "a" * 20, [], CHART_NAME + "-" + "a" * 20),         # 47: the longest KubeRay takes
-    ("classifier-eu-west", [], "classifier-eu-west-" + CHART_NAME),          # 45 with the chart name appended
-    ("my-classifier-prod-eu", ["--set", "fullnameOverride=classifier"], "classifier"),
-])
+@pytest.mark.parametrize(
+    "release,extra,name",
+    [
+        (CHART_NAME + "-" + "a" * 20, [], CHART_NAME + "-" + "a" * 20),  # 47: the longest KubeRay takes
+        ("classifier-eu-west", [], "classifier-eu-west-" + CHART_NAME),  # 45 with the chart name appended
+        ("my-classifier-prod-eu", ["--set", "fullnameOverride=classifier"], "classifier"),
+    ],
+)
 def test_rayservice_names_kuberay_accepts_render(release, extra, name):
     service = one(render_with(*extra, release=release), "RayService")
     assert service["metadata"]["name"] == name
     assert rayservice_errors(service) == []
 
 
-@pytest.mark.parametrize("release,extra,message", [
-    (CHART_NAME + "-" + "a" * 21, [], "(48 characters), but KubeRay accepts at most 47"),
-    # Not containing the chart name, the release gets "-ray-serve-image-classifier" appended: 21 + 27.
-    ("my-classifier-prod-eu", [], "(48 characters), but KubeRay accepts at most 47"),
-    ("x", ["--set", "fullnameOverride=" + "c" * 48], "(48 characters), but KubeRay accepts at most 47"),
-    ("1st", [], "DNS-1035"),
-])
+@pytest.mark.parametrize(
+    "release,extra,message",
+    [
+        (CHART_NAME + "-" + "a" * 21, [], "(48 characters), but KubeRay accepts at most 47"),
+        # Not containing the chart name, the release gets "-ray-serve-image-classifier" appended: 21 + 27.
+        ("my-classifier-prod-eu", [], "(48 characters), but KubeRay accepts at most 47"),
+        ("x", ["--set", "fullnameOverride=" + "c" * 48], "(48 characters), but KubeRay accepts at most 47"),
+        ("1st", [], "DNS-1035"),
+    ],
+)
 def test_rayservice_names_kuberay_refuses_fail_the_render(release, extra, message):
     result = run_helm("template", release, str(CHART), *extra, check=False)
     assert result.returncode != 0
@@ -569,15 +665,24 @@ def test_long_names_are_fine_in_deployment_mode():
 
 # ---------------------------------------------------------------------------- values.schema.json
 
+
 def test_values_schema_is_generated_and_current():
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "k8s" / "gen_values_schema.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "k8s" / "gen_values_schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, "values.schema.json is stale: run scripts/k8s/render.sh"
 
 
 def test_chart_readme_values_table_is_current():
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "k8s" / "gen_chart_readme.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "k8s" / "gen_chart_readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, "kuberay/chart/README.md is stale: run scripts/k8s/render.sh"
 
 
@@ -586,22 +691,30 @@ BAD_VALUES = {
     "negative deployment replicas": (["--set", "deployment.replicas=-1"], "deployment.replicas"),
     "negative worker replicas": (["--set", "ray.worker.replicas=-3"], "ray.worker.replicas"),
     "negative worker minReplicas": (["--set", "ray.worker.minReplicas=-1"], "ray.worker.minReplicas"),
-    "worker min > max": (["--set", "ray.worker.minReplicas=6", "--set", "ray.worker.maxReplicas=5"],
-                         "ray.worker.minReplicas"),
+    "worker min > max": (
+        ["--set", "ray.worker.minReplicas=6", "--set", "ray.worker.maxReplicas=5"],
+        "ray.worker.minReplicas",
+    ),
     "hpa min > max": (["--set", "autoscaling.minReplicas=11"], "autoscaling.minReplicas"),
     "hpa min zero": (["--set", "autoscaling.minReplicas=0"], "autoscaling.minReplicas"),
-    "hpa target zero": (["--set", "autoscaling.targetCPUUtilizationPercentage=0"],
-                        "targetCPUUtilizationPercentage"),
+    "hpa target zero": (
+        ["--set", "autoscaling.targetCPUUtilizationPercentage=0"],
+        "targetCPUUtilizationPercentage",
+    ),
     "typo in a key": (["--set", "ray.worker.maxReplica=3"], "maxReplica"),
     "unknown upgrade strategy": (["--set", "ray.upgradeStrategy.type=InPlace"], "ray.upgradeStrategy.type"),
     "incremental upgrade without options": (
-        ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"], "clusterUpgradeOptions"),
+        ["--set", "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"],
+        "clusterUpgradeOptions",
+    ),
     "gcs ft without redis": (["--set", "ray.gcsFaultTolerance.enabled=true"], "redisAddress"),
     "bad auth mode": (["--set", "ray.auth.mode=password"], "ray.auth.mode"),
     # KubeRay refuses a zero or unparsable ray.io/initializing-timeout (validateInitializingTimeout).
     "zero initializing timeout": (["--set", "ray.initializingTimeout=0s"], "initializingTimeout"),
-    "unparsable initializing timeout": (["--set", "ray.initializingTimeout=ten minutes"],
-                                        "initializingTimeout"),
+    "unparsable initializing timeout": (
+        ["--set", "ray.initializingTimeout=ten minutes"],
+        "initializingTimeout",
+    ),
     "string replicas": (["--set-string", "deployment.replicas=three"], "deployment.replicas"),
 }
 
@@ -614,12 +727,23 @@ def test_values_schema_rejects_bad_values(name):
     assert "schema" in result.stderr and mentioned in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["--set", "ray.worker.minReplicas=5", "--set", "ray.worker.maxReplicas=5"],
-    ["--set", "ray.worker.minReplicas=0", "--set", "ray.worker.maxReplicas=100"],
-    ["--set", "mode=deployment", "--set", "autoscaling.minReplicas=10", "--set", "autoscaling.maxReplicas=10"],
-    ["--set", "mode=deployment", "--set", "deployment.replicas=0", "--set", "autoscaling.enabled=false"],
-], ids=["worker min==max", "worker 0..100", "hpa min==max", "deployment scaled to 0"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "ray.worker.minReplicas=5", "--set", "ray.worker.maxReplicas=5"],
+        ["--set", "ray.worker.minReplicas=0", "--set", "ray.worker.maxReplicas=100"],
+        [
+            "--set",
+            "mode=deployment",
+            "--set",
+            "autoscaling.minReplicas=10",
+            "--set",
+            "autoscaling.maxReplicas=10",
+        ],
+        ["--set", "mode=deployment", "--set", "deployment.replicas=0", "--set", "autoscaling.enabled=false"],
+    ],
+    ids=["worker min==max", "worker 0..100", "hpa min==max", "deployment scaled to 0"],
+)
 def test_values_schema_accepts_boundaries(args):
     run_helm("template", RELEASE, str(CHART), *args)
 
@@ -648,6 +772,7 @@ def test_every_value_is_documented():
 
 # ------------------------------------------------------------------------- what the issue asks for
 
+
 def test_rayservice_cluster_shape():
     service = one(render("default"), "RayService")
     spec = service["spec"]
@@ -662,7 +787,9 @@ def test_rayservice_cluster_shape():
     assert 0 < workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
     container = workers["template"]["spec"]["containers"][0]
     assert "kill -s TERM" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
-    drain = int({e["name"]: e.get("value") for e in container["env"]}["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+    drain = int(
+        {e["name"]: e.get("value") for e in container["env"]}["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]
+    )
     # preStop pause + node drain + process shutdown fit in the grace period.
     assert workers["template"]["spec"]["terminationGracePeriodSeconds"] >= 15 + drain + 20
     assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
@@ -681,8 +808,10 @@ def test_metrics_port_is_named_and_dashboard_env_is_set():
     cluster = one(render("default"), "RayService")["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    for container, params in ((head, cluster["headGroupSpec"]["rayStartParams"]),
-                              (worker, cluster["workerGroupSpecs"][0]["rayStartParams"])):
+    for container, params in (
+        (head, cluster["headGroupSpec"]["rayStartParams"]),
+        (worker, cluster["workerGroupSpecs"][0]["rayStartParams"]),
+    ):
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == 8080 and params["metrics-export-port"] == "8080"
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -699,13 +828,17 @@ def test_deployment_mode_is_the_seed_literally():
     docs = render("deployment")
     assert not by_kind(docs, "RayService")
     deployment = one(docs, "Deployment")
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["startupProbe"]["httpGet"]["path"] == "/ready"
-    assert "serve run" in " ".join(container["command"]) and "${SERVE_CONFIG_FILE}" in " ".join(container["command"])
+    assert "serve run" in " ".join(container["command"]) and "${SERVE_CONFIG_FILE}" in " ".join(
+        container["command"]
+    )
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RAY_AUTH_MODE"] == "token"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -720,10 +853,15 @@ def test_deployment_mode_is_the_seed_literally():
     assert {"scaleUp", "scaleDown"} <= hpa["spec"]["behavior"].keys()
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     pdb = one(docs, "PodDisruptionBudget")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
-        "labels"].items()
-    service = next(s for s in by_kind(docs, "Service") if s["spec"].get("type") == "ClusterIP"
-                   and s["spec"].get("clusterIP") != "None")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    service = next(
+        s
+        for s in by_kind(docs, "Service")
+        if s["spec"].get("type") == "ClusterIP" and s["spec"].get("clusterIP") != "None"
+    )
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert len(by_kind(docs, "ConfigMap")) == 2 and one(docs, "Secret")  # settings, Serve config
     without_hpa = one(render("deployment-all-on"), "Deployment")
@@ -731,7 +869,9 @@ def test_deployment_mode_is_the_seed_literally():
 
 
 def test_ingress_body_size_is_above_the_apps_own_limit():
-    app_limit = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]["limits"]["max_body_bytes"]
+    app_limit = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]["limits"][
+        "max_body_bytes"
+    ]
     units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
     for case in ("rayservice-all-on", "deployment-example"):
         ingress = one(render(case), "Ingress")
@@ -749,10 +889,16 @@ def test_routes_point_at_the_serve_service(case):
     for service in by_kind(docs, "RayService"):
         built = serve_service(service, cluster_name=f"{service['metadata']['name']}-abcde")
         services[built["metadata"]["name"]] = built
-    backends = [(ref["name"], ref["port"]) for r in by_kind(docs, "HTTPRoute")
-                for ref in [r["spec"]["rules"][0]["backendRefs"][0]]]
-    backends += [(b["name"], b["port"]["number"]) for i in by_kind(docs, "Ingress")
-                 for b in [i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]]]
+    backends = [
+        (ref["name"], ref["port"])
+        for r in by_kind(docs, "HTTPRoute")
+        for ref in [r["spec"]["rules"][0]["backendRefs"][0]]
+    ]
+    backends += [
+        (b["name"], b["port"]["number"])
+        for i in by_kind(docs, "Ingress")
+        for b in [i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]]
+    ]
     for name, port in backends:
         assert name in services, (case, name)
         assert port in [p["port"] for p in services[name]["spec"]["ports"]], (case, name, port)
@@ -761,8 +907,16 @@ def test_routes_point_at_the_serve_service(case):
 
 
 # PSS "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), checked here.
-RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                           "projected", "secret"}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def pss_restricted_violations(spec: dict) -> list[str]:
@@ -838,8 +992,10 @@ def test_service_accounts_mount_tokens_only_where_the_autoscaler_needs_one(case)
     accounts = {a["metadata"]["name"]: a for a in by_kind(docs, "ServiceAccount")}
     for where, spec in (s for d in docs for s in pod_specs(d)):
         account = accounts[spec["serviceAccountName"]]
-        needs_api = where == "head" and by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"][
-            "enableInTreeAutoscaling"]
+        needs_api = (
+            where == "head"
+            and by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]
+        )
         assert spec["automountServiceAccountToken"] is bool(needs_api), (case, where)
         assert account["automountServiceAccountToken"] is bool(needs_api), (case, where)
     for role in by_kind(docs, "Role"):
@@ -861,13 +1017,20 @@ def ray_pod(docs: list[dict], group: str = "head") -> tuple[dict[str, str], dict
     the template's labels plus KubeRay's ray.io/* ones, the ports as declared (KubeRay adds `metrics`
     only when missing; the chart always declares it)."""
     cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
-    spec = cluster["headGroupSpec"] if group == "head" else next(
-        g for g in cluster["workerGroupSpecs"] if g["groupName"] == group)
+    spec = (
+        cluster["headGroupSpec"]
+        if group == "head"
+        else next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == group)
+    )
     template = spec["template"]
-    labels = {**template["metadata"]["labels"], "ray.io/is-ray-node": "yes",
-              "ray.io/node-type": "head" if group == "head" else "worker"}
-    ports = {p["name"]: p["containerPort"]
-             for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    labels = {
+        **template["metadata"]["labels"],
+        "ray.io/is-ray-node": "yes",
+        "ray.io/node-type": "head" if group == "head" else "worker",
+    }
+    ports = {
+        p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])
+    }
     return labels, ports, template["spec"]
 
 
@@ -906,14 +1069,20 @@ def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
     for policy in policies:
         for rule in policy["spec"].get("ingress", []):
             rule["ports"] = [p for p in rule.get("ports", [{}]) if p.get("port") != "dash-metrics"] or [
-                {"port": "nothing"}]
+                {"port": "nothing"}
+            ]
     assert not admits(policies, labels, ports, "dash-metrics", PROMETHEUS)
 
 
-@pytest.mark.parametrize("front_door", [
-    ["--set", "httpRoute.enabled=true"], ["--set", "ingress.enabled=true"],
-    ["--set", "loadBalancer.enabled=true"],
-], ids=["httpRoute", "ingress", "lb"])
+@pytest.mark.parametrize(
+    "front_door",
+    [
+        ["--set", "httpRoute.enabled=true"],
+        ["--set", "ingress.enabled=true"],
+        ["--set", "loadBalancer.enabled=true"],
+    ],
+    ids=["httpRoute", "ingress", "lb"],
+)
 def test_incremental_upgrade_refuses_front_doors_that_would_point_at_nothing(front_door):
     """With NewClusterWithIncrementalUpgrade KubeRay's BuildServeService names the serve Service after each
     RayCluster and ignores spec.serveService: <name>-serve-svc never exists."""
@@ -942,10 +1111,12 @@ def notes(*args: str) -> str:
     copy_dir = Path(tempfile.mkdtemp()) / "chart"
     shutil.copytree(CHART, copy_dir, symlinks=False)
     (copy_dir / "templates" / "notes-preview.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n'
-        '    {{- include "classifier.notes" . | nindent 4 }}\n')
-    out = run_helm("template", RELEASE, str(copy_dir), "-n", "app", "-s", "templates/notes-preview.yaml",
-                   *args)
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '    {{- include "classifier.notes" . | nindent 4 }}\n'
+    )
+    out = run_helm(
+        "template", RELEASE, str(copy_dir), "-n", "app", "-s", "templates/notes-preview.yaml", *args
+    )
     shutil.rmtree(copy_dir.parent)
     return yaml.safe_load(out.stdout)["data"]["notes"]
 
@@ -979,7 +1150,11 @@ def test_notes_print_the_gcs_ft_uninstall_order_only_when_gcs_ft_is_on(case):
         block = text.split("Uninstall (GCS fault tolerance is on)", 1)[1]
         assert f"delete rayservice {name}\n" in block
         assert f"-l ray.io/originated-from-cr-name={name} " in block
-        assert block.index("delete rayservice") < block.index("wait --for=delete") < block.index(f"uninstall {RELEASE}")
+        assert (
+            block.index("delete rayservice")
+            < block.index("wait --for=delete")
+            < block.index(f"uninstall {RELEASE}")
+        )
 
 
 OPERATIONS = REPO / "docs" / "OPERATIONS.md"
@@ -1013,23 +1188,33 @@ def test_scaling_runbook_changes_the_worker_bounds_where_kuberay_reads_them():
     patched = json_patch_replace({"spec": running}, operations)["spec"]
     group = patched["workerGroupSpecs"][0]
     assert group["groupName"] == "cpu-workers"
-    assert {"ray.worker.minReplicas": str(group["minReplicas"]),
-            "ray.worker.maxReplicas": str(group["maxReplicas"])} == helm_sets
-    assert (group["minReplicas"], group["maxReplicas"]) != (running["workerGroupSpecs"][0]["minReplicas"],
-                                                           running["workerGroupSpecs"][0]["maxReplicas"])
+    assert {
+        "ray.worker.minReplicas": str(group["minReplicas"]),
+        "ray.worker.maxReplicas": str(group["maxReplicas"]),
+    } == helm_sets
+    assert (group["minReplicas"], group["maxReplicas"]) != (
+        running["workerGroupSpecs"][0]["minReplicas"],
+        running["workerGroupSpecs"][0]["maxReplicas"],
+    )
     assert cluster_spec_hash(patched) == cluster_spec_hash(running)
     sets = [a for k, v in helm_sets.items() for a in ("--set", f"{k}={v}")]
     upgraded = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), *sets), "RayService")
     assert cluster_spec_hash(upgraded["spec"]["rayClusterConfig"]) == cluster_spec_hash(running)  # no effect
-    new_image = one(render_with("-f", str(HELM_VALUES / "app-prod.yaml"), "--set", "image.tag=0.2.0"),
-                    "RayService")["spec"]["rayClusterConfig"]
+    new_image = one(
+        render_with("-f", str(HELM_VALUES / "app-prod.yaml"), "--set", "image.tag=0.2.0"), "RayService"
+    )["spec"]["rayClusterConfig"]
     assert cluster_spec_hash(new_image) != cluster_spec_hash(running)  # this one is an upgrade
 
 
 OUTSIDE_CLIENT = Peer(ip="203.0.113.7")
-LOAD_BALANCER = ["--set", "loadBalancer.enabled=true",
-                 "--set", "loadBalancer.loadBalancerSourceRanges[0]=203.0.113.0/24",
-                 "--set", "loadBalancer.annotations.lb\\.example/internal=true"]
+LOAD_BALANCER = [
+    "--set",
+    "loadBalancer.enabled=true",
+    "--set",
+    "loadBalancer.loadBalancerSourceRanges[0]=203.0.113.0/24",
+    "--set",
+    "loadBalancer.annotations.lb\\.example/internal=true",
+]
 
 
 def test_rayservice_load_balancer_is_kuberays_serve_service_on_the_serving_cluster_only():
@@ -1079,11 +1264,16 @@ def test_network_policies_default_deny_and_allow_only_what_is_needed(case):
     deny = [p for p in policies if p["metadata"]["name"].endswith("default-deny")]
     assert len(deny) == 1 and "ingress" not in deny[0]["spec"] and "egress" not in deny[0]["spec"]
     assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    allowed_ports = {p["port"] for pol in policies for rule in pol["spec"].get("ingress", [])
-                     for p in rule.get("ports", [])}
+    allowed_ports = {
+        p["port"]
+        for pol in policies
+        for rule in pol["spec"].get("ingress", [])
+        for p in rule.get("ports", [])
+    }
     assert {"serve", "metrics"} <= allowed_ports
-    egress_ports = {p["port"] for pol in policies for rule in pol["spec"].get("egress", [])
-                    for p in rule.get("ports", [])}
+    egress_ports = {
+        p["port"] for pol in policies for rule in pol["spec"].get("egress", []) for p in rule.get("ports", [])
+    }
     assert 53 in egress_ports
     if by_kind(docs, "RayService"):
         assert "dashboard" in allowed_ports  # the operator's PUT of serveConfigV2
@@ -1101,9 +1291,15 @@ def test_standard_labels_names_and_no_hard_coded_namespace(case):
         assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta["name"])
         assert "namespace" not in meta, f"{doc['kind']}/{meta['name']} hard-codes a namespace"
         labels = meta["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/component", "app.kubernetes.io/part-of",
-                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/part-of",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
             assert key in labels, f"{doc['kind']}/{meta['name']} lacks {key}"
 
 
@@ -1111,8 +1307,11 @@ def test_standard_labels_names_and_no_hard_coded_namespace(case):
 def test_settings_carry_the_serve_process_env_of_serve_env(case):
     """serve.env (Ray Serve process settings used by `make run` and the tests' clusters) reaches every
     app container through the settings ConfigMap."""
-    wanted = dict(line.split("=", 1) for line in (REPO / "serve.env").read_text().splitlines()
-                  if line.strip() and not line.startswith("#"))
+    wanted = dict(
+        line.split("=", 1)
+        for line in (REPO / "serve.env").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     assert wanted
     docs = render(case)
     [settings] = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-settings")]
@@ -1135,8 +1334,10 @@ def test_image_defaults_to_the_chart_app_version():
 def test_deployment_mode_runs_the_charts_serve_config_with_the_overrides():
     """deploymentOverrides reach mode deployment too: the pods `serve run` the chart's ConfigMap (the
     document a RayService gets as serveConfigV2), and a change to it rolls the pods."""
-    override = ("serveConfig.deploymentOverrides[0].name=ImageClassifier",
-                "serveConfig.deploymentOverrides[0].set.user_config.max_batch_size=4")
+    override = (
+        "serveConfig.deploymentOverrides[0].name=ImageClassifier",
+        "serveConfig.deploymentOverrides[0].set.user_config.max_batch_size=4",
+    )
     docs = render_with(*CASES["deployment"], *(a for o in override for a in ("--set", o)))
     deployment = one(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -1144,10 +1345,15 @@ def test_deployment_mode_runs_the_charts_serve_config_with_the_overrides():
     env = {e["name"]: e.get("value") for e in container["env"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     [volume] = [v for v in pod["volumes"] if v["name"] == "serve-config"]
-    [config_map] = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
+    [config_map] = [
+        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]
+    ]
     assert env["SERVE_CONFIG_FILE"] == f"{mounts['serve-config']}/serve_config.yaml"
     served = yaml.safe_load(config_map["data"]["serve_config.yaml"])
     [model] = [d for d in served["applications"][0]["deployments"] if d["name"] == "ImageClassifier"]
     assert model["user_config"]["max_batch_size"] == 4
     plain = one(render("deployment"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/settings"] != plain["checksum/settings"]
+    assert (
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/settings"]
+        != plain["checksum/settings"]
+    )

@@ -23,16 +23,23 @@ def checkov_path() -> str:
 
 
 def run_checkov(*args: str, config: Path = CHECKOV_CONFIG) -> list[dict]:
-    result = subprocess.run([checkov_path(), "--config-file", str(config), "-o", "json", *args],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [checkov_path(), "--config-file", str(config), "-o", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode in (0, 1), f"checkov crashed ({result.returncode}):\n{result.stderr[-3000:]}"
     reports = json.loads(result.stdout)
     return reports if isinstance(reports, list) else [reports]
 
 
 def failed(reports: list[dict]) -> list[str]:
-    return [f"{f['check_id']} {f['check_name']}: {f['resource']} ({f['file_path']})"
-            for r in reports for f in r.get("results", {}).get("failed_checks", [])]
+    return [
+        f"{f['check_id']} {f['check_name']}: {f['resource']} ({f['file_path']})"
+        for r in reports
+        for f in r.get("results", {}).get("failed_checks", [])
+    ]
 
 
 def ray_pods(docs: list[dict]) -> list[dict]:
@@ -40,12 +47,21 @@ def ray_pods(docs: list[dict]) -> list[dict]:
     pods = []
     for service in by_kind(docs, "RayService"):
         cluster = service["spec"]["rayClusterConfig"]
-        groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+        groups = [("head", cluster["headGroupSpec"])] + [
+            (g["groupName"], g) for g in cluster["workerGroupSpecs"]
+        ]
         for name, group in groups:
-            pods.append({"apiVersion": "v1", "kind": "Pod",
-                         "metadata": {"name": f"{service['metadata']['name']}-{name}",
-                                      **group["template"].get("metadata", {})},
-                         "spec": group["template"]["spec"]})
+            pods.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{service['metadata']['name']}-{name}",
+                        **group["template"].get("metadata", {}),
+                    },
+                    "spec": group["template"]["spec"],
+                }
+            )
     return pods
 
 
@@ -66,7 +82,8 @@ def ray_pods_dir(tmp_path_factory) -> Path:
         pods = ray_pods(docs)
         if pods:
             (out / f"{case}.yaml").write_text(
-                yaml.safe_dump_all(pods + by_kind(docs, "NetworkPolicy"), sort_keys=False))
+                yaml.safe_dump_all(pods + by_kind(docs, "NetworkPolicy"), sort_keys=False)
+            )
     return out
 
 
@@ -103,8 +120,12 @@ def test_checkov_covers_the_ray_pods(tmp_path):
     ctx = worker["spec"]["containers"][0]["securityContext"]
     ctx.update(privileged=True, allowPrivilegeEscalation=True, runAsUser=0, runAsNonRoot=False)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(worker))
-    ids = {line.split()[0] for line in failed(run_checkov("-d", str(tmp_path), "--framework", "kubernetes",
-                                                          config=RAY_PODS_CONFIG))}
+    ids = {
+        line.split()[0]
+        for line in failed(
+            run_checkov("-d", str(tmp_path), "--framework", "kubernetes", config=RAY_PODS_CONFIG)
+        )
+    }
     assert {"CKV_K8S_16", "CKV_K8S_20"} <= ids, ids
 
 

@@ -43,14 +43,19 @@ def docker(*args: str, timeout: float = 120, check: bool = True, **kw) -> subpro
     return subprocess.run([DOCKER, *args], capture_output=True, timeout=timeout, check=check, **kw)
 
 
-def in_pod(name: str, code: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def in_pod(
+    name: str, code: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return docker("exec", "-i", name, "python", "-c", code, input=stdin, timeout=timeout, check=False)
 
 
 def http_get(name: str, url: str, token: str | None = None) -> subprocess.CompletedProcess:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return in_pod(name, f"import urllib.request as u; print(u.urlopen(u.Request({url!r}, headers={headers!r}), "
-                        "timeout=10).read().decode())")
+    return in_pod(
+        name,
+        f"import urllib.request as u; print(u.urlopen(u.Request({url!r}, headers={headers!r}), "
+        "timeout=10).read().decode())",
+    )
 
 
 def logs(name: str) -> str:
@@ -66,8 +71,14 @@ def to_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[str, Path],
-                 network: str, config_dirs: dict[str, Path] | None = None) -> list[str]:
+def pod_run_args(
+    pod: dict,
+    container: dict,
+    settings: dict,
+    secret_files: dict[str, Path],
+    network: str,
+    config_dirs: dict[str, Path] | None = None,
+) -> list[str]:
     """`docker run` flags equivalent to one pod's container (what the kubelet would set up)."""
     ctx = container["securityContext"]
     args = ["--user", f"{ctx['runAsUser']}:{ctx['runAsGroup']}", "--network", network]
@@ -92,7 +103,10 @@ def pod_run_args(pod: dict, container: dict, settings: dict, secret_files: dict[
             args += ["-v", f"{(config_dirs or {})[volume['configMap']['name']]}:{mount['mountPath']}:ro"]
         elif "secret" in volume:
             [item] = volume["secret"]["items"]
-            args += ["-v", f"{secret_files[volume['secret']['secretName']]}:{mount['mountPath']}/{item['path']}:ro"]
+            args += [
+                "-v",
+                f"{secret_files[volume['secret']['secretName']]}:{mount['mountPath']}/{item['path']}:ro",
+            ]
         else:
             raise AssertionError(f"unexpected volume {volume}")
     for name, value in settings.items():
@@ -117,8 +131,17 @@ def image() -> Iterator[str]:
 def image_is_current(image: str) -> bool:
     if docker("image", "inspect", image, check=False).returncode != 0:
         return False
-    baked = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
-                   "/app/serve_config.yaml", check=False).stdout
+    baked = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "cat",
+        image,
+        "/app/serve_config.yaml",
+        check=False,
+    ).stdout
     return baked.decode() == (REPO / "serve_config.yaml").read_text()
 
 
@@ -144,11 +167,26 @@ def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_p
         for key, value in data.items():
             (config_dirs[name] / key).write_text(value)
         config_dirs[name].chmod(0o755)
-    args = pod_run_args(pod, container, settings, {secret["metadata"]["name"]: token_file}, network="none",
-                        config_dirs=config_dirs)
+    args = pod_run_args(
+        pod,
+        container,
+        settings,
+        {secret["metadata"]["name"]: token_file},
+        network="none",
+        config_dirs=config_dirs,
+    )
     name = f"k8s-deployment-pod-{os.getpid()}"
-    docker("run", "-d", "--name", name, *args, "--entrypoint", container["command"][0], image,
-           *container["command"][1:])
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *args,
+        "--entrypoint",
+        container["command"][0],
+        image,
+        *container["command"][1:],
+    )
     try:
         serve_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "serve")
         metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
@@ -160,10 +198,14 @@ def test_deployment_pod_serves_exports_metrics_and_stops_gracefully(image, cat_p
             assert time.monotonic() - begin < READY_TIMEOUT_S, "never ready:\n" + logs(name)
             time.sleep(2)
         print(f"\ndeployment-mode pod ready in {time.monotonic() - begin:.1f} s")
-        predict = in_pod(name, "import sys, urllib.request as u; r = u.Request("
-                               f"'http://127.0.0.1:{serve_port}/predict', data=sys.stdin.buffer.read(), "
-                               "headers={'Content-Type': 'image/png'}); "
-                               "print(u.urlopen(r, timeout=30).read().decode())", stdin=cat_png)
+        predict = in_pod(
+            name,
+            "import sys, urllib.request as u; r = u.Request("
+            f"'http://127.0.0.1:{serve_port}/predict', data=sys.stdin.buffer.read(), "
+            "headers={'Content-Type': 'image/png'}); "
+            "print(u.urlopen(r, timeout=30).read().decode())",
+            stdin=cat_png,
+        )
         assert predict.returncode == 0, predict.stderr.decode()
         assert json.loads(predict.stdout)["predictions"][0]["label"] in CAT_LABELS
         liveness = container["livenessProbe"]["httpGet"]["path"]
@@ -202,8 +244,13 @@ def kuberay_command(group: dict, container: dict, head_address: str | None) -> s
 def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_png):
     # A single worker cannot hand its replicas to another node, so its drain always runs to the timeout:
     # a short one keeps the test short (the default, 60 s, is checked against the grace period elsewhere).
-    docs = [d for d in yaml.safe_load_all(run_helm(
-        "template", RELEASE, str(CHART), "--set", "ray.worker.drainTimeoutSeconds=10").stdout) if d]
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            run_helm("template", RELEASE, str(CHART), "--set", "ray.worker.drainTimeoutSeconds=10").stdout
+        )
+        if d
+    ]
     service = one(docs, "RayService")
     settings = one(docs, "ConfigMap")["data"]
     cluster = service["spec"]["rayClusterConfig"]
@@ -220,8 +267,21 @@ def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_pn
             [container] = pod["containers"]
             assert container["image"] == image
             args = pod_run_args(pod, container, settings, {}, network=network)
-            docker("run", "-d", "--name", name, "--hostname", name, *args, *auth_env,
-                   "--entrypoint", "/bin/bash", image, "-lc", kuberay_command(group, container, address))
+            docker(
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--hostname",
+                name,
+                *args,
+                *auth_env,
+                "--entrypoint",
+                "/bin/bash",
+                image,
+                "-lc",
+                kuberay_command(group, container, address),
+            )
             pods[name] = (pod, container)
         dashboard_port = next(p["containerPort"] for p in pods[head][1]["ports"] if p["name"] == "dashboard")
         dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -229,15 +289,20 @@ def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_pn
         while http_get(head, f"{dashboard}/api/serve/applications/", token).returncode != 0:
             for name in (head, worker):
                 assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"], (
-                    f"{name} exited:\n" + logs(name))
+                    f"{name} exited:\n" + logs(name)
+                )
             assert time.monotonic() - begin < 120, "head dashboard never answered:\n" + logs(head)
             time.sleep(2)
         # What the operator does with serveConfigV2.
         config = json.dumps(yaml.safe_load(service["spec"]["serveConfigV2"])).encode()
-        put = in_pod(head, "import sys, urllib.request as u; r = u.Request("
-                           f"'{dashboard}/api/serve/applications/', data=sys.stdin.buffer.read(), method='PUT', "
-                           f"headers={{'Content-Type': 'application/json', 'Authorization': 'Bearer {token}'}}); "
-                           "print(u.urlopen(r, timeout=30).status)", stdin=config)
+        put = in_pod(
+            head,
+            "import sys, urllib.request as u; r = u.Request("
+            f"'{dashboard}/api/serve/applications/', data=sys.stdin.buffer.read(), method='PUT', "
+            f"headers={{'Content-Type': 'application/json', 'Authorization': 'Bearer {token}'}}); "
+            "print(u.urlopen(r, timeout=30).status)",
+            stdin=config,
+        )
         assert put.returncode == 0 and put.stdout.strip() == b"200", put.stderr.decode()
         while True:
             status = json.loads(http_get(head, f"{dashboard}/api/serve/applications/", token).stdout or b"{}")
@@ -249,13 +314,18 @@ def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_pn
             time.sleep(3)
         print(f"\nRayService pods: application RUNNING {time.monotonic() - begin:.1f} s after start")
         worker_ip = json.loads(docker("inspect", worker).stdout)[0]["NetworkSettings"]["Networks"][network][
-            "IPAddress"]
+            "IPAddress"
+        ]
         replica_ips = {r["node_ip"] for d in app["deployments"].values() for r in d["replicas"]}
         assert replica_ips == {worker_ip}, f"replicas on {replica_ips}, worker is {worker_ip}"
-        predict = in_pod(worker, "import sys, urllib.request as u; r = u.Request("
-                                 "'http://127.0.0.1:8000/predict', data=sys.stdin.buffer.read(), "
-                                 "headers={'Content-Type': 'image/png'}); "
-                                 "print(u.urlopen(r, timeout=30).read().decode())", stdin=cat_png)
+        predict = in_pod(
+            worker,
+            "import sys, urllib.request as u; r = u.Request("
+            "'http://127.0.0.1:8000/predict', data=sys.stdin.buffer.read(), "
+            "headers={'Content-Type': 'image/png'}); "
+            "print(u.urlopen(r, timeout=30).read().decode())",
+            stdin=cat_png,
+        )
         assert predict.returncode == 0, predict.stderr.decode()
         assert json.loads(predict.stdout)["predictions"][0]["label"] in CAT_LABELS
         for name, expected in ((head, "ray_"), (worker, "ray_classifier_")):
@@ -276,8 +346,14 @@ def test_rayservice_pods_form_a_cluster_serve_on_workers_and_drain(image, cat_pn
         deadline = time.monotonic() + drain_s + 20
         while json.loads(docker("inspect", worker).stdout)[0]["State"]["Running"]:
             if time.monotonic() > deadline:
-                procs = docker("exec", worker, "sh", "-c", "for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p; echo; done",
-                               check=False).stdout.decode()
+                procs = docker(
+                    "exec",
+                    worker,
+                    "sh",
+                    "-c",
+                    "for p in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $p; echo; done",
+                    check=False,
+                ).stdout.decode()
                 pytest.fail(f"worker still running {drain_s + 20} s after preStop:\n{procs}")
             time.sleep(1)
         took = time.monotonic() - begin

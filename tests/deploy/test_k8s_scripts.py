@@ -13,22 +13,48 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "scripts" / "k8s").glob("*.sh")) + [
-    REPO / "scripts" / "tools" / name for name in ("helm.sh", "checkov.sh", "shellcheck.sh")]
-DOCS = [REPO / "docs" / name for name in ("SETUP.md", "OPERATIONS.md", "TROUBLESHOOTING.md", "ARCHITECTURE.md")]
+SCRIPTS = (
+    sorted((REPO / "scripts").glob("*.sh"))
+    + sorted((REPO / "scripts" / "k8s").glob("*.sh"))
+    + [REPO / "scripts" / "tools" / name for name in ("helm.sh", "checkov.sh", "shellcheck.sh")]
+)
+DOCS = [
+    REPO / "docs" / name for name in ("SETUP.md", "OPERATIONS.md", "TROUBLESHOOTING.md", "ARCHITECTURE.md")
+]
 
 
 def test_scripts_are_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck missing: run scripts/tools/shellcheck.sh"
-    result = subprocess.run([shellcheck, "-x", "--source-path=SCRIPTDIR", *map(str, SCRIPTS)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [shellcheck, "-x", "--source-path=SCRIPTDIR", *map(str, SCRIPTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_makefile_steps_run_existing_scripts():
-    out = subprocess.run(["make", "-n", "-f", "kuberay/Makefile", "cluster", "operators", "image", "app",
-                          "predict", "render", "down"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            "kuberay/Makefile",
+            "cluster",
+            "operators",
+            "image",
+            "app",
+            "predict",
+            "render",
+            "down",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     scripts = re.findall(r"bash (scripts/k8s/\S+\.sh)", out.stdout)
     assert len(scripts) == 7
@@ -37,18 +63,30 @@ def test_makefile_steps_run_existing_scripts():
 
 
 def test_top_makefile_targets_are_defined_once_and_run_what_readme_says():
-    """`make test` is what .ci/run runs: lint, the first tier, then the cluster tier around a cluster of its own;
+    """`make test` is what .ci/run runs: lint and the formatter's check, the first tier, then the cluster tier around a cluster of its own;
     `make test-unit` only the unit tier; a recipe defined twice (make keeps the last one) is an error."""
+
     def dry(target: str) -> list[str]:
         # Under .ci/run this test runs inside `make test`: a sub-make would print "Entering directory".
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-        out = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["make", "-n", "--no-print-directory", target],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
         return out.stdout.splitlines()
+
     test = dry("test")
-    assert test[-3:] == [".venv/bin/ruff check .", ".venv/bin/python -m pytest",
-                         "bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster"], test
+    assert test[-4:] == [
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/python -m pytest",
+        "bash scripts/with-cluster.sh .venv/bin/python -m pytest -m cluster",
+    ], test
     assert dry("test-unit")[-1] == ".venv/bin/python -m pytest -m unit tests/unit"
     assert dry("cluster-test")[-1] == ".venv/bin/python -m pytest -m cluster"
     assert dry("status") == ["bash scripts/status.sh"]
@@ -72,7 +110,7 @@ def test_operator_pins_agree():
     gates = {g["name"]: g["enabled"] for g in operator["featureGates"]}
     assert gates["RayServiceIncrementalUpgrade"] is True
     # The Gateway API CRDs installed match the HTTPRoute CRD the chart is validated against.
-    crd = (REPO.parent / "shared" / "crds" / "gateway.networking.k8s.io_httproutes.yaml")
+    crd = REPO.parent / "shared" / "crds" / "gateway.networking.k8s.io_httproutes.yaml"
     if crd.exists():
         assert f"bundle-version: {pins['GATEWAY_API_VERSION']}" in crd.read_text()
 
@@ -82,7 +120,8 @@ def test_test_cluster_operator_runs_with_the_helm_values_flags_and_resources():
     gives it the chart values' feature gates, metrics flag and resources."""
     operator = yaml.safe_load((REPO / "helm-values" / "kuberay-operator.yaml").read_text())
     kustomization = yaml.safe_load(
-        (REPO / "cluster" / "manifests" / "kuberay-operator" / "kustomization.yaml").read_text())
+        (REPO / "cluster" / "manifests" / "kuberay-operator" / "kustomization.yaml").read_text()
+    )
     [patch] = [p for p in kustomization["patches"] if p["target"]["kind"] == "Deployment"]
     ops = {op["path"].rsplit("/", 1)[1]: op["value"] for op in yaml.safe_load(patch["patch"])}
     gates = ",".join(f"{g['name']}={str(g['enabled']).lower()}" for g in operator["featureGates"])
@@ -93,8 +132,9 @@ def test_test_cluster_operator_runs_with_the_helm_values_flags_and_resources():
 
 def test_install_scripts_use_files_that_exist():
     for script in SCRIPTS:
-        for path in re.findall(r"(?:helm-values|monitoring|kuberay|scripts)/[\w./-]+\.(?:ya?ml|sh|env)",
-                               script.read_text()):
+        for path in re.findall(
+            r"(?:helm-values|monitoring|kuberay|scripts)/[\w./-]+\.(?:ya?ml|sh|env)", script.read_text()
+        ):
             assert (REPO / path).exists(), f"{script.name} uses missing {path}"
 
 

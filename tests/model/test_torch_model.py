@@ -39,8 +39,9 @@ def test_uint8_and_normalised_inputs_agree(classifiers, coffee_png):
 
 def test_batched_rows_equal_single_rows(classifiers, cat_png, coffee_png, hopper_jpg):
     clf = classifiers["torchscript"]
-    images = np.stack([decode_image(d, clf.weights.preprocessing, 40_000_000)
-                       for d in (cat_png, coffee_png, hopper_jpg)])
+    images = np.stack(
+        [decode_image(d, clf.weights.preprocessing, 40_000_000) for d in (cat_png, coffee_png, hopper_jpg)]
+    )
     batched = clf.forward_uint8(images)
     for i in range(3):
         np.testing.assert_allclose(batched[i], clf.forward_uint8(images[i : i + 1])[0], atol=1e-4)

@@ -20,8 +20,11 @@ CRD_FILES = {
     "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
 }
-MANIFESTS = sorted(p for p in MONITORING.glob("*.yaml")
-                   if yaml.safe_load(p.read_text()).get("apiVersion", "").startswith("monitoring.coreos.com"))
+MANIFESTS = sorted(
+    p
+    for p in MONITORING.glob("*.yaml")
+    if yaml.safe_load(p.read_text()).get("apiVersion", "").startswith("monitoring.coreos.com")
+)
 
 
 def _strict(schema: dict) -> dict:
@@ -31,9 +34,12 @@ def _strict(schema: dict) -> dict:
         if isinstance(schema.get("pattern"), str) and "(?i)" in schema["pattern"][1:]:
             # Go's RE2 allows inline flags anywhere (e.g. "^(?i)..."); Python only at the start.
             schema["pattern"] = "(?i)" + schema["pattern"].replace("(?i)", "")
-        if schema.get("type") == "object" and "properties" in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields") \
-                and "additionalProperties" not in schema:
+        if (
+            schema.get("type") == "object"
+            and "properties" in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+            and "additionalProperties" not in schema
+        ):
             schema["additionalProperties"] = False
     elif isinstance(schema, list):
         schema = [_strict(v) for v in schema]
@@ -73,14 +79,23 @@ def test_ray_pod_monitors_keep_the_cluster_label():
     workers = yaml.safe_load((MONITORING / "podmonitor-ray-workers.yaml").read_text())
     assert head["spec"]["selector"]["matchLabels"]["ray.io/node-type"] == "head"
     assert workers["spec"]["selector"]["matchLabels"]["ray.io/node-type"] == "worker"
-    assert [e["port"] for e in head["spec"]["podMetricsEndpoints"]] == ["metrics", "as-metrics", "dash-metrics"]
+    assert [e["port"] for e in head["spec"]["podMetricsEndpoints"]] == [
+        "metrics",
+        "as-metrics",
+        "dash-metrics",
+    ]
     for endpoint in head["spec"]["podMetricsEndpoints"] + workers["spec"]["podMetricsEndpoints"]:
-        assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
-                "targetLabel": "ray_io_cluster"} in endpoint["relabelings"]
+        assert {
+            "action": "replace",
+            "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+            "targetLabel": "ray_io_cluster",
+        } in endpoint["relabelings"]
 
 
 def test_kustomize_builds_monitors_rules_and_dashboard_configmaps():
-    out = subprocess.run([tool("kubectl"), "kustomize", str(MONITORING)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(MONITORING)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     kinds = sorted(d["kind"] for d in docs)
@@ -98,7 +113,9 @@ def test_kustomize_builds_monitors_rules_and_dashboard_configmaps():
 
 
 def test_kube_prometheus_stack_values_select_monitors_from_any_namespace():
-    spec = yaml.safe_load((MONITORING / "kube-prometheus-stack-values.yaml").read_text())["prometheus"]["prometheusSpec"]
+    spec = yaml.safe_load((MONITORING / "kube-prometheus-stack-values.yaml").read_text())["prometheus"][
+        "prometheusSpec"
+    ]
     for kind in ("podMonitor", "serviceMonitor", "rule"):
         assert spec[f"{kind}SelectorNilUsesHelmValues"] is False
         assert spec[f"{kind}Selector"] == {} and spec[f"{kind}NamespaceSelector"] == {}
@@ -106,8 +123,12 @@ def test_kube_prometheus_stack_values_select_monitors_from_any_namespace():
 
 def _generator_check(script: str) -> subprocess.CompletedProcess:
     """The generator's own --check, run the way its docstring says (the chart's generators likewise)."""
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "monitoring" / script), "--check"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "monitoring" / script), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_overview_dashboard_is_generated_and_current():
@@ -130,7 +151,9 @@ def test_overview_dashboard_structure():
     dash = json.loads((DASHBOARDS / "classifier-overview.json").read_text())
     assert dash["uid"] == "ray-serve-image-classifier" and dash["schemaVersion"] >= 39
     variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
     assert {"namespace", "cluster", "application"} <= set(variables)
     ids, titles = set(), []
     for p in panels(dash):
@@ -145,9 +168,21 @@ def test_overview_dashboard_structure():
             assert "$cluster" in t["expr"] or "classifier:" in t["expr"], (p["title"], t["expr"])
         g = p["gridPos"]
         assert 0 <= g["x"] and g["x"] + g["w"] <= 24
-    for wanted in ("Request rate by route and status", "Error ratio", "HTTP latency", "Model latency per batch",
-                   "Batch size", "Batch wait time", "Queue length", "Target vs running replicas", "Replica health",
-                   "Pods per Ray group", "CPU per pod", "Memory per pod", "Images per second per model replica"):
+    for wanted in (
+        "Request rate by route and status",
+        "Error ratio",
+        "HTTP latency",
+        "Model latency per batch",
+        "Batch size",
+        "Batch wait time",
+        "Queue length",
+        "Target vs running replicas",
+        "Replica health",
+        "Pods per Ray group",
+        "CPU per pod",
+        "Memory per pod",
+        "Images per second per model replica",
+    ):
         assert wanted in titles
     assert any("budget left" in t for t in titles)
 
@@ -159,22 +194,34 @@ def test_ray_dashboards_use_a_templated_datasource(name):
     assert any(v["type"] == "datasource" for v in dash["templating"]["list"])
     for p in panels(dash):
         ds = p.get("datasource")
-        assert ds in (None, "${datasource}") or (isinstance(ds, dict) and ds.get("uid") == "${datasource}"), \
-            (p["title"], ds)
+        assert ds in (None, "${datasource}") or (isinstance(ds, dict) and ds.get("uid") == "${datasource}"), (
+            p["title"],
+            ds,
+        )
 
 
 def test_alertmanager_example_passes_amtool():
-    result = subprocess.run([tool("amtool"), "check-config", str(MONITORING / "alertmanager-config.example.yaml")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("amtool"), "check-config", str(MONITORING / "alertmanager-config.example.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_amtool_routes_critical_alerts_to_the_pager():
     config = str(MONITORING / "alertmanager-config.example.yaml")
-    for labels, receiver in (("alertname=ClassifierRayHeadDown severity=critical", "classifier-pager"),
-                             ("alertname=ClassifierReplicaUnhealthy severity=warning", "classifier-tickets"),
-                             ("alertname=SomethingElse severity=critical", "default")):
-        out = subprocess.run([tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels.split()],
-                             capture_output=True, text=True, check=False)
+    for labels, receiver in (
+        ("alertname=ClassifierRayHeadDown severity=critical", "classifier-pager"),
+        ("alertname=ClassifierReplicaUnhealthy severity=warning", "classifier-tickets"),
+        ("alertname=SomethingElse severity=critical", "default"),
+    ):
+        out = subprocess.run(
+            [tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels.split()],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert out.stdout.strip() == receiver, (labels, out.stdout, out.stderr)

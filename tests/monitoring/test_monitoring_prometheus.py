@@ -26,14 +26,22 @@ from harness.promstack import (
     substitute,
 )
 
-VARIABLES = {"namespace": LOCAL_LABELS["namespace"], "cluster": LOCAL_LABELS["ray_io_cluster"],
-             "application": "classifier", "datasource": "Prometheus"}
+VARIABLES = {
+    "namespace": LOCAL_LABELS["namespace"],
+    "cluster": LOCAL_LABELS["ray_io_cluster"],
+    "application": "classifier",
+    "datasource": "Prometheus",
+}
 SEL = 'namespace="classifier-test", application="classifier"'
 
 # Cluster-only queries, checked for syntax only: (panel title, refId) and alert names.
 CLUSTER_ONLY_TARGETS = {("Pods per Ray group", "A"), ("CPU per pod", "A"), ("Memory per pod", "A")}
-CLUSTER_ONLY_ALERTS = {"ClassifierRayServiceNotReady", "ClassifierPodCrashLooping", "ClassifierRayPodsCrashing",
-                       "ClassifierPodOOMKilled"}
+CLUSTER_ONLY_ALERTS = {
+    "ClassifierRayServiceNotReady",
+    "ClassifierPodCrashLooping",
+    "ClassifierRayPodsCrashing",
+    "ClassifierPodOOMKilled",
+}
 
 # Raw counters whose increase during the test must equal what the test sent.
 COUNTERS = {
@@ -56,14 +64,19 @@ COUNTERS = {
 
 def read_counters(prom: Prometheus) -> dict[str, float]:
     # max_over_time per series: Ray may stop exporting an idle series for a while; its last value counts.
-    return {name: prom.value(re.sub(r"^sum\((.*)\)$", r"sum(max_over_time(\1[15m]))", expr), default=0.0)
-            for name, expr in COUNTERS.items()}
+    return {
+        name: prom.value(re.sub(r"^sum\((.*)\)$", r"sum(max_over_time(\1[15m]))", expr), default=0.0)
+        for name, expr in COUNTERS.items()
+    }
 
 
 def head_metrics_ports(cluster) -> dict[str, list[str]]:
     """The head's autoscaler and dashboard metrics endpoints (the PodMonitor's as-metrics/dash-metrics
     ports), found on this cluster's own processes rather than assumed (44217/44227 by default)."""
-    jobs = {"ray-head-autoscaler": "autoscaler/_private/monitor.py", "ray-head-dashboard": "dashboard/dashboard.py"}
+    jobs = {
+        "ray-head-autoscaler": "autoscaler/_private/monitor.py",
+        "ray-head-dashboard": "dashboard/dashboard.py",
+    }
     found: dict[str, list[str]] = {}
     for proc in cluster.processes():
         cmdline = " ".join(proc.cmdline())
@@ -85,10 +98,14 @@ def head_metrics_ports(cluster) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
     """Prometheus scraping the shared cluster's metrics port, before/after counters around a bounded load."""
-    prom = Prometheus(targets={"ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"],
-                               **head_metrics_ports(ray_cluster)})
+    prom = Prometheus(
+        targets={
+            "ray-head-metrics": [f"127.0.0.1:{ray_cluster.metrics_port}"],
+            **head_metrics_ports(ray_cluster),
+        }
+    )
     with prom:
-        prom.wait_for("up{job=\"ray-head-metrics\"}", lambda v: v == 1, 30, "scrape of the Ray metrics port")
+        prom.wait_for('up{job="ray-head-metrics"}', lambda v: v == 1, 30, "scrape of the Ray metrics port")
         images = [cat_png, coffee_png, hopper_jpg]
         # Every series must exist before the measured load: a new counter's first sample already holds
         # all increments up to Ray's export, and rate() cannot see those.
@@ -106,9 +123,12 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
         started = time.time()
         sent = drive_load(ray_cluster.serve_url, images, rounds=30, bad_every=5)
         expected = {
-            "images_ok": sent["ok_images"], "images_invalid": sent["invalid_image"],
-            "rejected_invalid": sent["invalid_image"], "rejected_not_found": sent["not_found"],
-            "http_200": sent["statuses"].get("200", 0), "http_400": sent["statuses"].get("400", 0),
+            "images_ok": sent["ok_images"],
+            "images_invalid": sent["invalid_image"],
+            "rejected_invalid": sent["invalid_image"],
+            "rejected_not_found": sent["not_found"],
+            "http_200": sent["statuses"].get("200", 0),
+            "http_400": sent["statuses"].get("400", 0),
             "http_404": sent["statuses"].get("404", 0),
             "http_latency_count": sum(sent["statuses"].values()),
             "decode_count": sent["ok_images"],
@@ -122,8 +142,11 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
             after = read_counters(prom)
             delta = {k: after[k] - before[k] for k in after}
             # The model replicas export on their own schedule: wait for their count too.
-            if (all(delta[k] == v for k, v in expected.items()) and delta["batches_processed"] > 0
-                    and delta["model_images"] == sent["ok_images"]):
+            if (
+                all(delta[k] == v for k, v in expected.items())
+                and delta["batches_processed"] > 0
+                and delta["model_images"] == sent["ok_images"]
+            ):
                 break
             if after != last:
                 last, moved = after, time.monotonic()
@@ -137,8 +160,12 @@ def loaded(ray_cluster, cat_png, coffee_png, hopper_jpg):
         trickle.start()
         try:
             # Rules evaluate every 2 s; give them and Ray's next export time to see the new data.
-            prom.wait_for(f"count(classifier:slo_availability_errors:ratio_rate5m{{{SEL}}})", lambda v: v >= 1,
-                          30, "SLO recording rules")
+            prom.wait_for(
+                f"count(classifier:slo_availability_errors:ratio_rate5m{{{SEL}}})",
+                lambda v: v >= 1,
+                30,
+                "SLO recording rules",
+            )
             time.sleep(12)
             yield {"prom": prom, "sent": sent, "expected": expected, "delta": delta, "start": started}
         finally:
@@ -150,7 +177,9 @@ def _trickle(base_url: str, image: bytes, stop: threading.Event) -> None:
     with requests.Session() as http:
         while not stop.wait(0.5):
             try:
-                http.post(f"{base_url}/predict", data=image, headers={"content-type": "image/png"}, timeout=30)
+                http.post(
+                    f"{base_url}/predict", data=image, headers={"content-type": "image/png"}, timeout=30
+                )
             except requests.RequestException:
                 pass
 
@@ -184,7 +213,9 @@ def _overview_targets():
 def test_cluster_only_list_is_exact():
     derived = {(title, ref) for title, ref, expr in _overview_targets() if is_cluster_only(expr)}
     assert derived == CLUSTER_ONLY_TARGETS
-    alerts = {r["alert"]: r["expr"] for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]: r["expr"] for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r
+    }
     assert {name for name, expr in alerts.items() if is_cluster_only(expr)} == CLUSTER_ONLY_ALERTS
 
 
@@ -204,13 +235,19 @@ def test_overview_panel_query_returns_data(loaded, title, ref, expr):
 def test_overview_variables_resolve(loaded):
     prom = loaded["prom"]
     dash = promstack.dashboard()
-    expected = {"namespace": VARIABLES["namespace"], "cluster": VARIABLES["cluster"], "application": "classifier"}
+    expected = {
+        "namespace": VARIABLES["namespace"],
+        "cluster": VARIABLES["cluster"],
+        "application": "classifier",
+    }
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", var["query"]["query"])
         assert m, var["query"]
-        selector = substitute(m.group(1), {"namespace": VARIABLES["namespace"], "cluster": VARIABLES["cluster"]})
+        selector = substitute(
+            m.group(1), {"namespace": VARIABLES["namespace"], "cluster": VARIABLES["cluster"]}
+        )
         values = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
         assert expected[var["name"]] in values, (var["name"], values)
 
@@ -230,10 +267,14 @@ def test_every_rule_is_healthy_and_returns_data(loaded):
 
 
 def _alerts():
-    return [(r["alert"], r["expr"]) for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r]
+    return [
+        (r["alert"], r["expr"]) for g in promstack.rule_groups()["groups"] for r in g["rules"] if "alert" in r
+    ]
 
 
-@pytest.mark.parametrize("name,expr", _alerts(), ids=lambda v: v if isinstance(v, str) and v.startswith("C") else "")
+@pytest.mark.parametrize(
+    "name,expr", _alerts(), ids=lambda v: v if isinstance(v, str) and v.startswith("C") else ""
+)
 def test_alert_expression_evaluates_on_real_series(loaded, name, expr):
     """With every comparison in its `bool` form the alert's expression returns its whole input: it
     must have data here, and every value must be 0 (would not fire) on the healthy app."""
@@ -272,8 +313,9 @@ def test_render_overview_png(loaded, tmp_path):
     from harness import render_overview
 
     out = tmp_path / "overview.png"
-    drawn = render_overview.render(loaded["prom"].url, out, start=loaded["start"] - 30, end=time.time(),
-                                   variables=VARIABLES)
+    drawn = render_overview.render(
+        loaded["prom"].url, out, start=loaded["start"] - 30, end=time.time(), variables=VARIABLES
+    )
     assert out.stat().st_size > 10_000
     assert len(drawn) >= 8
     assert requests.get(f"{loaded['prom'].url}/-/healthy", timeout=5).ok

@@ -28,7 +28,9 @@ def _rules_dir(tmp_path: Path) -> Path:
 
 def test_promtool_check_rules(tmp_path):
     rules = _rules_dir(tmp_path) / "classifier.rules.yaml"
-    result = subprocess.run([tool("promtool"), "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -36,8 +38,13 @@ def test_promtool_check_rules(tmp_path):
 def test_promtool_unit_tests_pass(tmp_path):
     assert TESTS, "no promtool tests in monitoring/tests/"
     d = _rules_dir(tmp_path)
-    result = subprocess.run([tool("promtool"), "test", "rules", *[t.name for t in TESTS]], cwd=d,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", *[t.name for t in TESTS]],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -68,10 +75,12 @@ def test_every_alert_is_documented_and_routed():
 def test_slo_burn_rates_use_the_documented_objectives():
     alerts = _alerts()
     assert "0.001" in alerts["ClassifierAvailabilityBurnRateFast"]["expr"]  # 99.9 %
-    assert "0.010" in alerts["ClassifierLatencyBurnRateFast"]["expr"]       # 99 % under 500 ms
+    assert "0.010" in alerts["ClassifierLatencyBurnRateFast"]["expr"]  # 99 % under 500 ms
     for name in ("ClassifierAvailabilityBurnRateFast", "ClassifierLatencyBurnRateFast"):
         expr = alerts[name]["expr"]
-        assert all(w in expr for w in ("ratio_rate1h", "ratio_rate5m", "ratio_rate6h", "ratio_rate30m", "14.4"))
+        assert all(
+            w in expr for w in ("ratio_rate1h", "ratio_rate5m", "ratio_rate6h", "ratio_rate30m", "14.4")
+        )
     for name in ("ClassifierAvailabilityBurnRateSlow", "ClassifierLatencyBurnRateSlow"):
         expr = alerts[name]["expr"]
         assert all(w in expr for w in ("ratio_rate1d", "ratio_rate2h", "ratio_rate3d", "ratio_rate6h"))

@@ -18,9 +18,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_bench_smoke_measures_every_figure(ray_cluster, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.serving", "--smoke", "--url", ray_cluster.serve_url,
-         "--temp-dir", ray_cluster.temp_dir, "--out", str(tmp_path), "--label", "smoke"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench.serving",
+            "--smoke",
+            "--url",
+            ray_cluster.serve_url,
+            "--temp-dir",
+            ray_cluster.temp_dir,
+            "--out",
+            str(tmp_path),
+            "--label",
+            "smoke",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
 

@@ -21,17 +21,26 @@ TASKS = {"/predict multipart", "/predict raw", "/predict x4", "/v2 infer"}
 
 
 def run_wrapper(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loadtest.run", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest.run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_smoke_run_against_the_real_app_passes_and_writes_reports(base_url, tmp_path):
     # A generous p99 bound: the smoke run checks correctness of every answer, not speed.
-    proc = run_wrapper("--host", base_url, "--smoke", "--out", str(tmp_path),
-                       "--slo-p99-ms", "60000")
+    proc = run_wrapper("--host", base_url, "--smoke", "--out", str(tmp_path), "--slo-p99-ms", "60000")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
-                 "report.html", "slo.json"):
+    for name in (
+        "locust_stats.csv",
+        "locust_stats_history.csv",
+        "locust_failures.csv",
+        "report.html",
+        "slo.json",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     slo = json.loads((tmp_path / "slo.json").read_text())
     assert slo["passed"] is True and slo["failures"] == 0 and slo["requests"] > 0
@@ -42,8 +51,9 @@ def test_smoke_run_against_the_real_app_passes_and_writes_reports(base_url, tmp_
 
 
 def test_gate_fails_when_the_latency_slo_cannot_be_met(base_url, tmp_path):
-    proc = run_wrapper("--host", base_url, "--smoke", "--duration", "3", "--out", str(tmp_path),
-                       "--slo-p99-ms", "0.001")
+    proc = run_wrapper(
+        "--host", base_url, "--smoke", "--duration", "3", "--out", str(tmp_path), "--slo-p99-ms", "0.001"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     slo = json.loads((tmp_path / "slo.json").read_text())
     assert slo["passed"] is False and slo["failures"] == 0
@@ -55,8 +65,9 @@ def test_gate_fails_when_nothing_answers(tmp_path):
     with __import__("socket").socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = run_wrapper("--host", f"http://127.0.0.1:{port}", "--smoke", "--duration", "2",
-                       "--out", str(tmp_path))
+    proc = run_wrapper(
+        "--host", f"http://127.0.0.1:{port}", "--smoke", "--duration", "2", "--out", str(tmp_path)
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     slo = json.loads((tmp_path / "slo.json").read_text())
     assert slo["error_ratio"] == 1.0 and any("error ratio" in r for r in slo["reasons"])
@@ -67,8 +78,13 @@ class _Malformed(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.dumps({"model": "mobilenet_v2", "model_version": "x",
-                           "predictions": [{"label": "tabby", "class_id": 1, "score": 1.5}]}).encode()
+        body = json.dumps(
+            {
+                "model": "mobilenet_v2",
+                "model_version": "x",
+                "predictions": [{"label": "tabby", "class_id": 1, "score": 1.5}],
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -90,8 +106,19 @@ def malformed_server():
 
 
 def test_a_200_with_a_malformed_body_counts_as_a_failure(malformed_server, tmp_path):
-    proc = run_wrapper("--host", malformed_server, "--smoke", "--users", "2", "--duration", "2",
-                       "--out", str(tmp_path), "--slo-p99-ms", "60000")
+    proc = run_wrapper(
+        "--host",
+        malformed_server,
+        "--smoke",
+        "--users",
+        "2",
+        "--duration",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--slo-p99-ms",
+        "60000",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     slo = json.loads((tmp_path / "slo.json").read_text())
     assert slo["requests"] > 0 and slo["failures"] == slo["requests"]

@@ -70,12 +70,24 @@ def readme_run(tmp_path):
     home.mkdir()
     # torch's cache (the weights `make setup` installed) stays where it is: under the real HOME by default.
     torch_home = os.environ.get("TORCH_HOME", str(Path.home() / ".cache" / "torch"))
-    env = {**os.environ, **serve_env(), "HOME": str(home), "TORCH_HOME": torch_home, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        **serve_env(),
+        "HOME": str(home),
+        "TORCH_HOME": torch_home,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         env.pop(name, None)
     log = (tmp_path / "serve-run.log").open("wb")
-    proc = subprocess.Popen([str(SERVE), "run", "serve_config.yaml"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(SERVE), "run", "serve_config.yaml"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -86,12 +98,23 @@ def readme_run(tmp_path):
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                seen = subprocess.run([str(SERVE), "status"], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"},
-                                      capture_output=True, text=True, timeout=60)
-                log_tail = "\n".join(line for line in (tmp_path / "serve-run.log").read_text().splitlines()
-                                      if "file_system_monitor" not in line)[-4000:]
-                pytest.fail(f"/ready not 200 within {READY_TIMEOUT_S} s; serve status:\n{seen.stdout}{seen.stderr}\n"
-                            f"serve run's log:\n{log_tail}")
+                seen = subprocess.run(
+                    [str(SERVE), "status"],
+                    cwd=REPO,
+                    env={**env, "RAY_AUTH_MODE": "token"},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                log_tail = "\n".join(
+                    line
+                    for line in (tmp_path / "serve-run.log").read_text().splitlines()
+                    if "file_system_monitor" not in line
+                )[-4000:]
+                pytest.fail(
+                    f"/ready not 200 within {READY_TIMEOUT_S} s; serve status:\n{seen.stdout}{seen.stderr}\n"
+                    f"serve run's log:\n{log_tail}"
+                )
             time.sleep(2)
         yield env
     finally:
@@ -103,31 +126,44 @@ def readme_run(tmp_path):
 def test_make_status_shows_the_local_run_and_the_dashboard_takes_its_token(readme_run):
     env = readme_run
     # What a user saw before make status: the bare CLI is refused, although the token is on disk.
-    bare = subprocess.run([str(SERVE), "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    bare = subprocess.run(
+        [str(SERVE), "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert bare.returncode != 0 and "authentication" in (bare.stdout + bare.stderr).lower(), bare
 
     # /ready answers once one replica of each deployment serves; the others may still be starting, so
     # make status is read until the application says RUNNING, as a user watching it would.
     deadline = time.monotonic() + 180
     while True:
-        status = subprocess.run(["make", "-s", "status"], cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=180)
+        status = subprocess.run(
+            ["make", "-s", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+        )
         assert status.returncode == 0, status.stdout + status.stderr
         out = status.stdout
-        serve_status = yaml.safe_load(out.split("== serve status", 1)[1].split("\n", 1)[1].split("\n== ", 1)[0])
+        serve_status = yaml.safe_load(
+            out.split("== serve status", 1)[1].split("\n", 1)[1].split("\n== ", 1)[0]
+        )
         app = serve_status["applications"]["classifier"]
         if app["status"] == "RUNNING" or time.monotonic() > deadline:
             break
         time.sleep(5)
     assert app["status"] == "RUNNING", app
     assert {name: d["status"] for name, d in app["deployments"].items()} == {
-        "ImageIngress": "HEALTHY", "ImageClassifier": "HEALTHY"}, app
+        "ImageIngress": "HEALTHY",
+        "ImageClassifier": "HEALTHY",
+    }, app
     config = yaml.safe_load(out.split("== serve config", 1)[1].split("\n", 1)[1].split("\n== ", 1)[0])
     assert config["import_path"] == "serve_app.app:build_app", config
     assert "ray get-auth-token" in out
 
-    token = subprocess.run([str(REPO / ".venv" / "bin" / "ray"), "get-auth-token"], cwd=REPO,
-                           env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=60)
+    token = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ray"), "get-auth-token"],
+        cwd=REPO,
+        env={**env, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert token.returncode == 0 and token.stdout.strip(), token
     assert token.stdout.strip() not in out, "make status must not print the token itself"
     api = f"http://127.0.0.1:{PORTS['dashboard']}/api/serve/applications/"

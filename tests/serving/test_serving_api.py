@@ -26,8 +26,9 @@ def test_cat_photo_is_a_cat(http, base_url, cat_png):
 
 
 def test_coffee_photo_is_espresso_from_a_raw_body(http, base_url, coffee_png):
-    response = http.post(f"{base_url}/predict", data=coffee_png, headers={"Content-Type": "image/png"},
-                         params={"top_k": 2})
+    response = http.post(
+        f"{base_url}/predict", data=coffee_png, headers={"Content-Type": "image/png"}, params={"top_k": 2}
+    )
     assert response.status_code == 200
     body = response.json()
     assert top1(body) == "espresso" and len(body["predictions"]) == 2
@@ -45,15 +46,18 @@ def test_multi_image_request_equals_single_requests(http, base_url, cat_png, cof
     photos = [cat_png, coffee_png, hopper_jpg]
     singles = [predict_file(http, base_url, p).json() for p in photos]
     multipart = http.post(f"{base_url}/predict", files=[("file", (f"{i}", p)) for i, p in enumerate(photos)])
-    as_json = http.post(f"{base_url}/predict", json={"images": [base64.b64encode(p).decode() for p in photos]})
+    as_json = http.post(
+        f"{base_url}/predict", json={"images": [base64.b64encode(p).decode() for p in photos]}
+    )
     for response in (multipart, as_json):
         assert response.status_code == 200
         results = response.json()
         assert isinstance(results, list) and len(results) == 3
         for got, want in zip(results, singles, strict=True):
             assert [p["class_id"] for p in got["predictions"]] == [p["class_id"] for p in want["predictions"]]
-            np.testing.assert_allclose([p["score"] for p in got["predictions"]],
-                                       [p["score"] for p in want["predictions"]], atol=1e-5)
+            np.testing.assert_allclose(
+                [p["score"] for p in got["predictions"]], [p["score"] for p in want["predictions"]], atol=1e-5
+            )
 
 
 def test_service_info_and_probes(http, base_url):

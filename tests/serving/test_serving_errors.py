@@ -22,20 +22,57 @@ def b64(data: bytes) -> str:
 
 CASES = {
     # name: (request kwargs builder, expected status, expected code)
-    "garbage-image": (lambda c: {"data": b"garbage", "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
+    "garbage-image": (
+        lambda c: {"data": b"garbage", "headers": {"Content-Type": "image/png"}},
+        400,
+        "invalid_image",
+    ),
     "truncated-png": (lambda c: {"files": {"file": ("c.png", c[: len(c) // 2])}}, 400, "invalid_image"),
     "bad-base64": (lambda c: {"json": {"image": "!!not-base64!!"}}, 400, "bad_request"),
-    "bad-json": (lambda c: {"data": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "bad_request"),
-    "body-too-large": (lambda c: {"data": b"\0" * (10 * 1024 * 1024 + 1), "headers": {"Content-Type": "image/png"}},
-                       413, "payload_too_large"),
+    "bad-json": (
+        lambda c: {"data": b"{oops", "headers": {"Content-Type": "application/json"}},
+        400,
+        "bad_request",
+    ),
+    "body-too-large": (
+        lambda c: {"data": b"\0" * (10 * 1024 * 1024 + 1), "headers": {"Content-Type": "image/png"}},
+        413,
+        "payload_too_large",
+    ),
     "too-many-images": (lambda c: {"json": {"images": [b64(b"x")] * 65}}, 413, "too_many_images"),
-    "pixel-bomb": (lambda c: {"data": big_png(), "headers": {"Content-Type": "image/png"}}, 413, "image_too_large"),
-    "text-plain": (lambda c: {"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
-    "ppm-image": (lambda c: {"data": encode(Image.new("RGB", (9, 9)), "PPM"), "headers": {"Content-Type": "image/x-ppm"}},
-                  415, "unsupported_media_type"),
-    "top-k-zero": (lambda c: {"files": {"file": ("c.png", c)}, "params": {"top_k": 0}}, 422, "invalid_parameter"),
-    "top-k-text": (lambda c: {"files": {"file": ("c.png", c)}, "params": {"top_k": "many"}}, 422, "invalid_parameter"),
-    "top-k-form": (lambda c: {"files": {"file": ("c.png", c)}, "data": {"top_k": "5000"}}, 422, "invalid_parameter"),
+    "pixel-bomb": (
+        lambda c: {"data": big_png(), "headers": {"Content-Type": "image/png"}},
+        413,
+        "image_too_large",
+    ),
+    "text-plain": (
+        lambda c: {"data": b"hello", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    "ppm-image": (
+        lambda c: {
+            "data": encode(Image.new("RGB", (9, 9)), "PPM"),
+            "headers": {"Content-Type": "image/x-ppm"},
+        },
+        415,
+        "unsupported_media_type",
+    ),
+    "top-k-zero": (
+        lambda c: {"files": {"file": ("c.png", c)}, "params": {"top_k": 0}},
+        422,
+        "invalid_parameter",
+    ),
+    "top-k-text": (
+        lambda c: {"files": {"file": ("c.png", c)}, "params": {"top_k": "many"}},
+        422,
+        "invalid_parameter",
+    ),
+    "top-k-form": (
+        lambda c: {"files": {"file": ("c.png", c)}, "data": {"top_k": "5000"}},
+        422,
+        "invalid_parameter",
+    ),
     "no-file-field": (lambda c: {"files": {"image": ("c.png", c)}}, 422, "invalid_parameter"),
 }
 
@@ -83,11 +120,25 @@ def test_routing_errors_are_json(http, base_url, method, path, status, code):
     "body, headers, status",
     [
         (b"{oops", {}, 400),
-        (json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["@@"]}]}), {}, 400),
-        (json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 5, 5], "datatype": "FP32",
-                                 "data": [0.0] * 75}]}), {}, 422),
-        (json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                 "data": [b64(b"junk")]}]}), {}, 400),
+        (
+            json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["@@"]}]}),
+            {},
+            400,
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "input", "shape": [1, 3, 5, 5], "datatype": "FP32", "data": [0.0] * 75}]}
+            ),
+            {},
+            422,
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"junk")]}]}
+            ),
+            {},
+            400,
+        ),
         (b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}, 400),
     ],
     ids=["json-syntax", "base64", "shape", "corrupt-image", "binary-header"],

@@ -38,8 +38,10 @@ def burst(base_url: str, data: bytes, clients: int, per_client: int) -> list[req
 
 
 def batch_stats(port: int) -> tuple[float, float]:
-    return (metric_total(port, "ray_classifier_model_images_total"),
-            metric_total(port, "ray_classifier_batch_size_count"))
+    return (
+        metric_total(port, "ray_classifier_model_images_total"),
+        metric_total(port, "ray_classifier_batch_size_count"),
+    )
 
 
 @pytest.fixture()
@@ -48,14 +50,16 @@ def restore_config(ray_cluster):
     ray_cluster.deploy(load_serve_config())
 
 
-def test_batch_settings_change_live_without_restarting_replicas(ray_cluster, base_url, cat_png, http,
-                                                                restore_config):
+def test_batch_settings_change_live_without_restarting_replicas(
+    ray_cluster, base_url, cat_png, http, restore_config
+):
     port = ray_cluster.metrics_port
     before = replicas(ray_cluster, "ImageClassifier")
     ingress_before = replicas(ray_cluster, "ImageIngress")
     config = load_serve_config()
     deployment_config(config, "ImageClassifier")["user_config"] = {
-        "max_batch_size": 1, "batch_wait_timeout_s": 0.0,
+        "max_batch_size": 1,
+        "batch_wait_timeout_s": 0.0,
     }
     deployment_config(config, "ImageIngress")["user_config"]["max_images_per_model_call"] = 1
     ray_cluster.deploy(config)

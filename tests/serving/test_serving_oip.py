@@ -84,10 +84,12 @@ def test_infer_encoded_images(client, cat_png, coffee_png, binary):
     probs = result.as_numpy("probabilities")
     assert probs.shape == (2, 1000) and probs.dtype == np.float32
     classes = client.infer(
-        MODEL, [image_input([cat_png, coffee_png], binary)],
+        MODEL,
+        [image_input([cat_png, coffee_png], binary)],
         outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)],
     ).as_numpy("probabilities")
     assert classes.shape == (2, 3)
+
     def text(element) -> str:  # binary outputs come back as bytes, JSON ones as str
         return element.decode() if isinstance(element, bytes) else element
 
@@ -138,12 +140,17 @@ def test_errors_reach_the_client_as_exceptions(client):
 
 def test_kserve_client_classifies_and_shows_the_protocol_error_message(base_url, cat_png):
     assert KSERVE_PYTHON.exists(), f"{KSERVE_PYTHON} missing: run scripts/tools/kserve-client.sh (make tools)"
-    proc = subprocess.run([str(KSERVE_PYTHON), "-c", KSERVE_CALLS, base_url, MODEL], input=cat_png,
-                          capture_output=True, timeout=180)
+    proc = subprocess.run(
+        [str(KSERVE_PYTHON), "-c", KSERVE_CALLS, base_url, MODEL],
+        input=cat_png,
+        capture_output=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert result["top"].split(":", 2)[2] in CAT_LABELS, result
     # KServe's client puts the protocol's error string first in its exception's message.
     assert result["error"]["status"] == 400, result
-    assert result["error"]["message"].startswith("BYTES element 0 is not valid base64, '400 Bad Request'"), result
-
+    assert result["error"]["message"].startswith("BYTES element 0 is not valid base64, '400 Bad Request'"), (
+        result
+    )

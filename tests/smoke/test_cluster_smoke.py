@@ -49,8 +49,10 @@ def api_client():
         try:
             config.load_incluster_config()
         except Exception:  # noqa: BLE001
-            pytest.skip(f"cluster smoke test skipped: no kubeconfig ({kube_exc}); set KUBECONFIG "
-                        "to a cluster with the release installed (docs/SETUP.md)")
+            pytest.skip(
+                f"cluster smoke test skipped: no kubeconfig ({kube_exc}); set KUBECONFIG "
+                "to a cluster with the release installed (docs/SETUP.md)"
+            )
     api = client.ApiClient()
     try:
         version = client.VersionApi(api).get_code(_request_timeout=10)
@@ -103,15 +105,20 @@ def workload_ready(api_client, rendered) -> dict:
     def available():
         status = apps.read_namespaced_deployment_status(name, NAMESPACE).status
         conditions = {c.type: c.status for c in status.conditions or []}
-        return conditions.get("Available") == "True" and (status.available_replicas or 0) > 0, \
-            status.to_dict()
+        return conditions.get("Available") == "True" and (
+            status.available_replicas or 0
+        ) > 0, status.to_dict()
 
     status = wait_for(available, READY_TIMEOUT_S, f"Deployment {name} Available")
     return {"mode": "deployment", "name": name, "status": status}
 
 
-CHECKED_SPECS = {"Service": "spec.ports", "HorizontalPodAutoscaler": "spec", "PodDisruptionBudget": "spec",
-                 "NetworkPolicy": "spec"}
+CHECKED_SPECS = {
+    "Service": "spec.ports",
+    "HorizontalPodAutoscaler": "spec",
+    "PodDisruptionBudget": "spec",
+    "NetworkPolicy": "spec",
+}
 
 
 def test_workload_is_ready(workload_ready):
@@ -151,18 +158,23 @@ def test_serving_pods_are_running_and_ready(api_client, rendered, workload_ready
     pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
     if workload_ready["mode"] == "rayservice":
         # KubeRay labels the pods of the cluster it created for the RayService.
-        pods = [p for p in pods if "ray.io/node-type" in (p.metadata.labels or {})] or \
-            core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
+        pods = [
+            p for p in pods if "ray.io/node-type" in (p.metadata.labels or {})
+        ] or core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
         types = [p.metadata.labels["ray.io/node-type"] for p in pods if p.status.phase == "Running"]
         assert "head" in types and "worker" in types, types
     else:
         spec_replicas = by_kind(rendered, "Deployment")[0]["spec"].get("replicas")
         hpa = by_kind(rendered, "HorizontalPodAutoscaler")
         expected = hpa[0]["spec"]["minReplicas"] if hpa else (spec_replicas or 1)
-        assert len([p for p in pods if p.status.phase == "Running"]) >= expected, \
-            [(p.metadata.name, p.status.phase) for p in pods]
-    not_ready = [p.metadata.name for p in pods if p.status.phase == "Running"
-                 and not all(c.ready for c in p.status.container_statuses or [])]
+        assert len([p for p in pods if p.status.phase == "Running"]) >= expected, [
+            (p.metadata.name, p.status.phase) for p in pods
+        ]
+    not_ready = [
+        p.metadata.name
+        for p in pods
+        if p.status.phase == "Running" and not all(c.ready for c in p.status.container_statuses or [])
+    ]
     assert not not_ready, not_ready
 
 
@@ -174,8 +186,11 @@ def test_predict_a_cat_through_a_port_forward(api_client, rendered, workload_rea
     svc = core.read_namespaced_service(serve_service_name(rendered, workload_ready["mode"]), NAMESPACE)
     [port] = [p for p in svc.spec.ports if p.name == "serve"] or svc.spec.ports[:1]
     selector = ",".join(f"{k}={v}" for k, v in (svc.spec.selector or {}).items())
-    pods = [p for p in core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
-            if p.status.phase == "Running" and all(c.ready for c in p.status.container_statuses or [])]
+    pods = [
+        p
+        for p in core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
+        if p.status.phase == "Running" and all(c.ready for c in p.status.container_statuses or [])
+    ]
     assert pods, f"no ready pod behind Service {svc.metadata.name} ({selector})"
     target = port.target_port if isinstance(port.target_port, int) else port.port
     pod = pods[0].metadata.name
@@ -184,8 +199,10 @@ def test_predict_a_cat_through_a_port_forward(api_client, rendered, workload_rea
         sock = forward.socket(target)
         sock.setblocking(True)
         sock.settimeout(60)
-        request = (f"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
-                   f"Content-Length: {len(cat_png)}\r\nConnection: close\r\n\r\n").encode() + cat_png
+        request = (
+            f"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(cat_png)}\r\nConnection: close\r\n\r\n"
+        ).encode() + cat_png
         sock.sendall(request)
         response = http.client.HTTPResponse(sock)
         response.begin()

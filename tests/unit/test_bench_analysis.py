@@ -19,8 +19,15 @@ def test_cpu_delta_counts_new_processes_from_zero_and_sums_roles():
 
 
 def _run(c, ips, p99, rep=0):
-    return {"concurrency": c, "images_per_s": ips, "p50_ms": p99 / 2, "p99_ms": p99,
-            "errors": {}, "client_cpu_cores": 0.1, "repeat": rep}
+    return {
+        "concurrency": c,
+        "images_per_s": ips,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "errors": {},
+        "client_cpu_cores": 0.1,
+        "repeat": rep,
+    }
 
 
 def test_summary_ratio_knee_and_12mp_comparison():
@@ -43,10 +50,21 @@ def test_summary_ratio_knee_and_12mp_comparison():
 
 
 def test_replicas_are_read_from_the_serve_api_document():
-    doc = {"applications": {"classifier": {"deployments": {"ImageClassifier": {
-        "target_num_replicas": 2,
-        "replicas": [{"replica_id": "a", "state": "RUNNING", "pid": 11},
-                     {"replica_id": "b", "state": "STARTING", "pid": None}]}}}}}
+    doc = {
+        "applications": {
+            "classifier": {
+                "deployments": {
+                    "ImageClassifier": {
+                        "target_num_replicas": 2,
+                        "replicas": [
+                            {"replica_id": "a", "state": "RUNNING", "pid": 11},
+                            {"replica_id": "b", "state": "STARTING", "pid": None},
+                        ],
+                    }
+                }
+            }
+        }
+    }
     target, reps = replicas_of(doc)
     assert target == 2 and [r["state"] for r in reps] == ["RUNNING", "STARTING"]
     assert replicas_of({}) == (None, [])
@@ -59,10 +77,8 @@ def test_autoscaling_analysis_times_the_reaction_from_the_spike_start():
         {"t": spike - 1, "target": 1, "replicas": one},
         {"t": spike + 4, "target": 2, "replicas": one},
         {"t": spike + 6, "target": 2, "replicas": one + [{"id": "b", "state": "STARTING"}]},
-        {"t": spike + 15, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING",
-                                                            "cores": 0.05}]},
-        {"t": spike + 16, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING",
-                                                            "cores": 0.7}]},
+        {"t": spike + 15, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING", "cores": 0.05}]},
+        {"t": spike + 16, "target": 2, "replicas": one + [{"id": "b", "state": "RUNNING", "cores": 0.7}]},
     ]
     times = np.arange(spike - 20, spike + 40, 0.1)
     lat = np.where((times >= spike) & (times < spike + 16), 800.0, 100.0)
@@ -87,8 +103,7 @@ def test_profile_summary_splits_self_and_inclusive_time(tmp_path):
     from bench.serving import summarize_profile
 
     raw = tmp_path / "p.txt"
-    raw.write_text("main (a.py:1);decode (b.py:2) 30\nmain (a.py:1);forward (c.py:3) 60\n"
-                   "main (a.py:1) 10\n")
+    raw.write_text("main (a.py:1);decode (b.py:2) 30\nmain (a.py:1);forward (c.py:3) 60\nmain (a.py:1) 10\n")
     prof = summarize_profile(raw)
     assert prof["samples"] == 100
     assert prof["self"][0] == {"frame": "forward (c.py:3)", "share": 0.6}

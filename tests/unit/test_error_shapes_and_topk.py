@@ -15,8 +15,9 @@ from serve_app.predictions import top_indices, top_k
 
 def test_rest_errors_are_structured_and_oip_errors_are_the_protocols_string():
     rest = error_response(415, "unsupported_media_type", "text/plain is not accepted", {"Retry-After": "1"})
-    assert json.loads(rest.body) == {"error": {"code": "unsupported_media_type",
-                                               "message": "text/plain is not accepted"}}
+    assert json.loads(rest.body) == {
+        "error": {"code": "unsupported_media_type", "message": "text/plain is not accepted"}
+    }
     oip_error = error_response(404, "not_found", "unknown model 'x'", oip=True)
     assert json.loads(oip_error.body) == {"error": "unknown model 'x'"}
     for response, code in ((rest, "unsupported_media_type"), (oip_error, "not_found")):
@@ -26,7 +27,11 @@ def test_rest_errors_are_structured_and_oip_errors_are_the_protocols_string():
 
 def test_framework_statuses_have_stable_codes():
     assert [code_for_status(s) for s in (404, 405, 500, 418)] == [
-        "not_found", "method_not_allowed", "internal_error", "http_error"]
+        "not_found",
+        "method_not_allowed",
+        "internal_error",
+        "http_error",
+    ]
 
 
 def test_payload_chores():
@@ -49,9 +54,12 @@ def test_top_indices_is_the_stable_full_sort_and_both_apis_use_it():
             assert top_indices(p, k).tolist() == np.argsort(-p, kind="stable")[:k].tolist()
     labels = tuple(f"c{i}" for i in range(20))
     assert [r["class_id"] for r in top_k(p, 3, labels)] == top_indices(p, 3).tolist()
-    request = oip.InferenceRequest.model_validate({
-        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
-        "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]})
+    request = oip.InferenceRequest.model_validate(
+        {
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}],
+        }
+    )
     body, _ = oip.encode_infer_response(request, p[None, :], labels, "m", "1")
     strings = json.loads(body)["outputs"][0]["data"]
     assert [int(s.split(":")[1]) for s in strings] == top_indices(p, 3).tolist()

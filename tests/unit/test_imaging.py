@@ -120,16 +120,29 @@ def test_pixel_limit_is_checked_before_decoding():
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming width x height: what a bomb's header says, with no pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
 def test_pils_own_bomb_guard_stays_on_and_answers_413():
     # Importing the app (weights imports imaging) leaves PIL's process-wide guard as PIL sets it ...
-    out = subprocess.run([sys.executable, "-c", "import serve_app.weights, serve_app.ingress, PIL.Image as I; "
-                          "print(I.MAX_IMAGE_PIXELS)"], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import serve_app.weights, serve_app.ingress, PIL.Image as I; print(I.MAX_IMAGE_PIXELS)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert int(out.stdout) == Image.MAX_IMAGE_PIXELS == 89_478_485
     # ... and a header above twice that, which PIL refuses at open, is a 413 like ours, not a crash.
     with pytest.raises(ImageTooLarge, match="decompression bomb"):

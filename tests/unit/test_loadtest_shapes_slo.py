@@ -9,10 +9,30 @@ import pytest
 from loadtest.shapes import ShapeParams, tick
 from loadtest.slo import evaluate
 
-LOCUST_HEADER = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time",
-                 "Average Response Time", "Min Response Time", "Max Response Time",
-                 "Average Content Size", "Requests/s", "Failures/s", "50%", "66%", "75%", "80%",
-                 "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
+LOCUST_HEADER = [
+    "Type",
+    "Name",
+    "Request Count",
+    "Failure Count",
+    "Median Response Time",
+    "Average Response Time",
+    "Min Response Time",
+    "Max Response Time",
+    "Average Content Size",
+    "Requests/s",
+    "Failures/s",
+    "50%",
+    "66%",
+    "75%",
+    "80%",
+    "90%",
+    "95%",
+    "98%",
+    "99%",
+    "99.9%",
+    "99.99%",
+    "100%",
+]
 
 
 def test_steady_holds_the_user_count_then_stops():
@@ -49,8 +69,32 @@ def _stats(tmp_path, requests, failures, p99):
         w = csv.writer(f)
         w.writerow(LOCUST_HEADER)
         for name in ("/predict raw", "Aggregated"):
-            w.writerow(["POST" if name != "Aggregated" else "", name, requests, failures, 40, 45, 5,
-                        900, 300, 20.5, 0.0, 40, 50, 60, 70, 80, 90, 95, p99, p99, p99, p99])
+            w.writerow(
+                [
+                    "POST" if name != "Aggregated" else "",
+                    name,
+                    requests,
+                    failures,
+                    40,
+                    45,
+                    5,
+                    900,
+                    300,
+                    20.5,
+                    0.0,
+                    40,
+                    50,
+                    60,
+                    70,
+                    80,
+                    90,
+                    95,
+                    p99,
+                    p99,
+                    p99,
+                    p99,
+                ]
+            )
     return path
 
 
@@ -60,11 +104,14 @@ def test_slo_passes_under_both_thresholds(tmp_path):
     assert result.per_task["/predict raw"]["requests"] == 10000
 
 
-@pytest.mark.parametrize(("failures", "p99", "reason"), [
-    (10, 480, "error ratio"),  # exactly 0.1 % is a miss: the SLO is "< 0.1 %"
-    (0, 500, "p99"),
-    (0, "N/A", "p99"),  # no successful request at all
-])
+@pytest.mark.parametrize(
+    ("failures", "p99", "reason"),
+    [
+        (10, 480, "error ratio"),  # exactly 0.1 % is a miss: the SLO is "< 0.1 %"
+        (0, 500, "p99"),
+        (0, "N/A", "p99"),  # no successful request at all
+    ],
+)
 def test_slo_fails_on_either_threshold(tmp_path, failures, p99, reason):
     result = evaluate(_stats(tmp_path, 10000, failures, p99))
     assert not result.passed

@@ -38,6 +38,7 @@ class Remote:
         async def answer():
             await asyncio.sleep(self.delay_s)
             return self.fn(*args)
+
         return answer()
 
 
@@ -83,8 +84,9 @@ class FakeMetrics:
 
 def pipeline(model: FakeModel, **kwargs) -> tuple[ClassificationPipeline, FakeMetrics]:
     metrics = FakeMetrics()
-    return ClassificationPipeline(model, preprocessing=PREP, max_image_pixels=10_000, metrics=metrics,
-                                  model_name="fake", **kwargs), metrics
+    return ClassificationPipeline(
+        model, preprocessing=PREP, max_image_pixels=10_000, metrics=metrics, model_name="fake", **kwargs
+    ), metrics
 
 
 def png(grey: int) -> bytes:
@@ -132,10 +134,13 @@ def test_a_bad_image_fails_the_request_before_any_model_call():
     assert metrics.images.counts == {InvalidImage.code: 2}
 
 
-@pytest.mark.parametrize("failure, outcome", [
-    (BackPressureError(num_queued_requests=10, max_queued_requests=10), "overloaded"),
-    (RayActorError(), "replica_failed"),
-])
+@pytest.mark.parametrize(
+    "failure, outcome",
+    [
+        (BackPressureError(num_queued_requests=10, max_queued_requests=10), "overloaded"),
+        (RayActorError(), "replica_failed"),
+    ],
+)
 def test_model_side_failures_are_a_retryable_503(failure, outcome):
     pipe, metrics = pipeline(FakeModel(fail=failure))
     with pytest.raises(Overloaded) as err:

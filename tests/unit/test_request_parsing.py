@@ -16,7 +16,9 @@ from serve_app.request_parsing import parse_predict_body
 
 def multipart(files: list[bytes], **fields) -> tuple[str, bytes]:
     prepared = requests.Request(
-        "POST", "http://x/", files=[("file", (f"{i}.png", f, "image/png")) for i, f in enumerate(files)],
+        "POST",
+        "http://x/",
+        files=[("file", (f"{i}.png", f, "image/png")) for i, f in enumerate(files)],
         data=fields,
     ).prepare()
     return prepared.headers["Content-Type"], prepared.body
@@ -114,7 +116,9 @@ def infer_body(inputs, outputs=None, binary: bytes = b"", **params) -> tuple[byt
 
 
 def test_oip_json_bytes_input():
-    body, hdr = infer_body([{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64(b"a"), b64(b"b")]}])
+    body, hdr = infer_body(
+        [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64(b"a"), b64(b"b")]}]
+    )
     request, tail = oip.parse_infer_request(body, hdr)
     assert oip.read_input(request, tail, 224, 64).images == [b"a", b"b"]
 
@@ -131,12 +135,21 @@ def test_oip_binary_bytes_input_is_length_prefixed():
 
 def test_oip_fp32_json_and_binary_agree():
     tensor = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    body, hdr = infer_body([{"name": "input", "shape": [2, 3, 8, 8], "datatype": "FP32", "data": tensor.tolist()}])
+    body, hdr = infer_body(
+        [{"name": "input", "shape": [2, 3, 8, 8], "datatype": "FP32", "data": tensor.tolist()}]
+    )
     request, tail = oip.parse_infer_request(body, hdr)
     from_json = oip.read_input(request, tail, 8, 64).tensor
     raw = tensor.tobytes()
     body, hdr = infer_body(
-        [{"name": "input", "shape": [2, 3, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+        [
+            {
+                "name": "input",
+                "shape": [2, 3, 8, 8],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
         binary=raw,
     )
     request, tail = oip.parse_infer_request(body, hdr)
@@ -148,7 +161,10 @@ def test_oip_fp32_json_and_binary_agree():
 @pytest.mark.parametrize(
     "inputs, error",
     [
-        ([{"name": "input", "shape": [1, 3, 9, 9], "datatype": "FP32", "data": [0.0] * 243}], InvalidParameter),
+        (
+            [{"name": "input", "shape": [1, 3, 9, 9], "datatype": "FP32", "data": [0.0] * 243}],
+            InvalidParameter,
+        ),
         ([{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 5}], InvalidParameter),
         ([{"name": "image", "shape": [1], "datatype": "INT64", "data": [1]}], InvalidParameter),
         ([{"name": "image", "shape": [2], "datatype": "BYTES", "data": ["YQ=="]}], InvalidParameter),
