@@ -57,12 +57,23 @@ def test_bench_smoke_measures_every_figure(ray_cluster, tmp_path):
     # (c) the ratio and (d) the 12 MP comparison
     assert result["summary"]["ratio_at_reference"] > 0
     assert result["summary"]["ratio_12mp_to_small"] > 0
+    # the server's CPU per served image, by process role
+    by_role = result["summary"]["cpu_ms_per_image_by_role"]
+    assert by_role["model replica"] > 0 and by_role["ingress replica"] > 0
+    assert by_role["total"] >= by_role["model replica"] + by_role["ingress replica"]
+    # (f) the overload level: clients that honour Retry-After, every answer a 200 or a 503 with it
+    for run in result["overload"]:
+        assert run["honor_retry_after"] and run["completed"] > 0 and run["errors"] == {}
+        assert run["shed_with_retry_after"] == run["shed"]
+    assert {row["target"].split(" ")[0] for row in result["summary"]["targets"]} >= {"served", "overload"}
     # (e) memory of each replica and the idle CPU of the cluster
     roles = [row["role"] for row in result["rss"]]
     assert roles.count("model replica") == 2 and roles.count("ingress replica") == 1
     assert all(row["rss_mib"] > 0 for row in result["rss"])
     assert result["idle_cpu_cores"]["total"] >= 0
     # the table and the plot
-    assert "pipeline limit" in proc.stdout and "served/limit" in proc.stdout
+    assert (
+        "pipeline limit" in proc.stdout and "served/limit" in proc.stdout and "== targets ==" in proc.stdout
+    )
     with Image.open(tmp_path / "smoke.png") as png:
         assert png.format == "PNG" and png.width > 500
