@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from serve_app.batching import BatchInfo
+
 # Measured on a 2-core x86 VM: decode+crop 1-10 ms for VGA-sized photos, ~40 ms for 12 MP JPEGs;
 # a mobilenet_v2 batch 10-300 ms. Buckets cover 1 ms .. 10 s.
 LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -53,36 +55,57 @@ class ModelMetrics:
 
     def __init__(self, model: str) -> None:
         self._tags = {"model": model}
-        self.batch_seconds = Histogram(
-            "classifier_batch_inference_seconds",
-            description="Model forward time for one batch (normalisation included).",
-            boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model",),
-        )
-        self.image_seconds = Histogram(
-            "classifier_image_inference_seconds",
-            description="Model forward time per image: batch time divided by batch size.",
-            boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model",),
-        )
-        self.batch_size = Histogram(
-            "classifier_batch_size",
-            description="Number of images in each model batch.",
-            boundaries=BATCH_SIZE_BUCKETS,
-            tag_keys=("model",),
-        )
-        self.images = Counter(
-            "classifier_model_images",
-            description="Images run through the model; divided by batch count, the exact mean batch size.",
-            tag_keys=("model",),
-        )
-        self.ready = Gauge(
-            "classifier_model_ready",
-            description="1 when this replica's model is loaded and warmed up, else 0.",
-            tag_keys=("model",),
-        )
-        for metric in (self.batch_seconds, self.image_seconds, self.batch_size, self.images, self.ready):
+
+        def tagged(metric):
             metric.set_default_tags(dict(self._tags))
+            return metric
+
+        def histogram(name: str, description: str, boundaries: list) -> Histogram:
+            return tagged(Histogram(name, description, boundaries, tag_keys=("model",)))
+
+        self.batch_seconds = histogram(
+            "classifier_batch_inference_seconds",
+            "Model forward time for one batch (normalisation included).",
+            LATENCY_BUCKETS_S,
+        )
+        self.image_seconds = histogram(
+            "classifier_image_inference_seconds",
+            "Model forward time per image: batch time divided by batch size.",
+            LATENCY_BUCKETS_S,
+        )
+        self.batch_size = histogram(
+            "classifier_batch_size", "Number of images in each model batch.", BATCH_SIZE_BUCKETS
+        )
+        self.batch_wait_seconds = histogram(
+            "classifier_batch_wait_seconds",
+            "How long the oldest image of each model batch waited for it to start.",
+            LATENCY_BUCKETS_S,
+        )
+        self.images = tagged(
+            Counter(
+                "classifier_model_images",
+                "Images run through the model; divided by batch count, the exact mean batch size.",
+                tag_keys=("model",),
+            )
+        )
+        self.queued_images = tagged(
+            Gauge(
+                "classifier_batch_queue_images",
+                "Images waiting for a model batch, sampled as each batch starts.",
+                tag_keys=("model",),
+            )
+        )
+        self.ready = tagged(
+            Gauge(
+                "classifier_model_ready",
+                "1 when this replica's model is loaded and warmed up, else 0.",
+                tag_keys=("model",),
+            )
+        )
+
+    def observe_queue(self, batch: BatchInfo) -> None:
+        self.batch_wait_seconds.observe(batch.wait_s)
+        self.queued_images.set(batch.queued_after)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.images.inc(size)

@@ -1,20 +1,23 @@
-"""The batched model deployment: one loaded classifier per replica behind ``@serve.batch``.
+"""The batched model deployment: one loaded classifier per replica behind a dynamic batcher.
 
-Each call carries a small group of images (``(n, H, W, 3)`` uint8, grouped by the ingress); Serve's
-batcher concatenates concurrent groups from every ingress replica into one forward pass of at most
-``max_batch_size`` images. Batch size and wait are ``user_config`` and change live through
-``reconfigure``.
+Each call carries a small group of images (``(n, H, W, 3)`` uint8, grouped by the ingress). The
+replica's batcher (batching.py) runs the model on at most ``max_batch_size`` images at a time and
+forms the next batch when the model is free, from every image that queued meanwhile, whichever
+ingress replica's call it came in; only a short queue waits up to ``batch_wait_timeout_s`` for more.
+Batch size and wait are ``user_config`` and change live through ``reconfigure``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
 import numpy as np
 from ray import serve
 
+from serve_app.batching import Batcher
 from serve_app.metrics import ModelMetrics
 from serve_app.settings import AppSettings, ModelTuning
 from serve_app.torch_model import TorchModel
@@ -22,19 +25,10 @@ from serve_app.torch_model import TorchModel
 log = logging.getLogger("ray.serve")
 
 
-# The batch decorators start from ModelTuning's defaults; reconfigure applies the deployed user_config.
-_DEFAULT_TUNING = ModelTuning()
-
-
-def count_images(groups: list[np.ndarray]) -> int:
-    """Batch size in images, not calls (``@serve.batch``'s ``batch_size_fn``)."""
-    return sum(len(group) for group in groups)
-
-
 @serve.deployment(
     name="ImageClassifier",
-    # Enough in-flight calls per replica to fill the largest batch twice (one running, one forming);
-    # Ray's default of 5 would cap every batch at 5.
+    # Calls (groups of images) in the replica at once: enough to keep full batches queued behind the
+    # running one; Ray's default of 5 would starve the batcher.
     max_ongoing_requests=64,
     # Beyond this the caller gets BackPressureError at once, which the ingress answers with a 503.
     max_queued_requests=256,
@@ -47,14 +41,25 @@ class ImageClassifier:
         self._metrics.ready.set(0)
         self._model = TorchModel(settings)
         self._tuning = ModelTuning()
+        self._batchers = [
+            Batcher(
+                functools.partial(self._run, forward),
+                max_batch_size=self._tuning.max_batch_size,
+                batch_wait_timeout_s=self._tuning.batch_wait_timeout_s,
+                max_concurrent_batches=self._tuning.max_concurrent_batches,
+                on_batch=self._metrics.observe_queue,
+            )
+            for forward in (self._model.forward_uint8, self._model.forward_normalized)
+        ]
         self._metrics.ready.set(1)
 
     def reconfigure(self, user_config: dict) -> None:
         tuning = ModelTuning.model_validate(user_config or {})
         self._model.warm_up(range(1, tuning.max_batch_size + 1))  # only sizes not yet seen
-        for method in (self.classify_uint8, self.classify_normalized):
-            method.set_max_batch_size(tuning.max_batch_size)
-            method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
+        for batcher in self._batchers:
+            batcher.max_batch_size = tuning.max_batch_size
+            batcher.batch_wait_timeout_s = tuning.batch_wait_timeout_s
+            batcher.max_concurrent_batches = tuning.max_concurrent_batches
         if tuning != self._tuning:
             log.info("model tuning now %s", tuning.model_dump())
         self._tuning = tuning
@@ -76,29 +81,17 @@ class ImageClassifier:
             "tuning": self._tuning.model_dump(),
         }
 
-    @serve.batch(
-        max_batch_size=_DEFAULT_TUNING.max_batch_size,
-        batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s,
-        batch_size_fn=count_images,
-    )
-    async def classify_uint8(self, groups: list[np.ndarray]) -> list[np.ndarray]:
-        """Groups of uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities each."""
-        return await self._run(self._model.forward_uint8, groups)
+    async def classify_uint8(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(n, H, W, 3)`` images -> float32 ``(n, classes)`` probabilities."""
+        return await self._batchers[0].submit(images)
 
-    @serve.batch(
-        max_batch_size=_DEFAULT_TUNING.max_batch_size,
-        batch_wait_timeout_s=_DEFAULT_TUNING.batch_wait_timeout_s,
-        batch_size_fn=count_images,
-    )
-    async def classify_normalized(self, groups: list[np.ndarray]) -> list[np.ndarray]:
-        """Groups of normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities each."""
-        return await self._run(self._model.forward_normalized, groups)
+    async def classify_normalized(self, tensor: np.ndarray) -> np.ndarray:
+        """Normalised float32 ``(n, 3, H, W)`` tensors -> class probabilities."""
+        return await self._batchers[1].submit(tensor)
 
-    async def _run(self, predict, groups: list[np.ndarray]) -> list[np.ndarray]:
+    async def _run(self, forward, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        batch = groups[0] if len(groups) == 1 else np.concatenate(groups)
-        # The forward pass releases the GIL; running it off the event loop lets the next batch
-        # queue up meanwhile.
-        probabilities = await asyncio.to_thread(predict, batch)
+        # The forward pass releases the GIL; off the event loop, the next calls keep arriving.
+        probabilities = await asyncio.to_thread(forward, batch)
         self._metrics.observe_batch(len(batch), time.perf_counter() - started)
-        return np.split(probabilities, np.cumsum([len(g) for g in groups[:-1]]))
+        return probabilities

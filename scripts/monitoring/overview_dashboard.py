@@ -232,11 +232,14 @@ ROWS: list[tuple[str, list[tuple]]] = [
             (
                 "Batch wait time",
                 "timeseries",
-                "ms",
-                quantiles("ray_serve_batch_wait_time_ms", (0.5, 0.95)),
+                "s",
+                quantiles("ray_classifier_batch_wait_seconds", (0.5, 0.95)),
                 8,
                 8,
-                "How long requests waited for their batch to fill (batch_wait_timeout_s caps it).",
+                (
+                    "How long the oldest image of each model batch waited for it to start: the queue "
+                    "behind the running batch, or at most batch_wait_timeout_s when the model is idle."
+                ),
             ),
             (
                 "Queue length",
@@ -248,8 +251,8 @@ ROWS: list[tuple[str, list[tuple]]] = [
                         "{{deployment}} waiting for a replica",
                     ),
                     (
-                        f"sum by (deployment) (ray_serve_batch_queue_length{{{F}}})",
-                        "{{deployment}} in batch queue",
+                        f"sum by (deployment) (ray_classifier_batch_queue_images{{{F}}})",
+                        "images waiting for a model batch",
                     ),
                     (
                         f"sum by (deployment) (ray_serve_replica_processing_queries{{{F}}})",
@@ -258,7 +261,10 @@ ROWS: list[tuple[str, list[tuple]]] = [
                 ],
                 8,
                 8,
-                "Requests waiting in front of replicas, waiting to be batched, and being processed.",
+                (
+                    "Requests waiting in front of replicas, images waiting for a model batch, and "
+                    "requests being processed."
+                ),
             ),
             (
                 "Request payload size",
