@@ -174,7 +174,13 @@ def load_figures(load: kt.Load) -> dict:
     def ms(q: float) -> int | None:
         return round(p(lat, q) * 1000) if lat else None  # None: nothing succeeded
 
-    return {"requests": load.total, "failed": load.failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99)}
+    return {
+        "requests": load.total,
+        "failed": load.failed,
+        "shed": load.shed,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+    }
 
 
 class Demo:

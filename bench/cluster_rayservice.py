@@ -373,7 +373,7 @@ class Bench:
         missing = [s for s in STEPS_UP + STEPS_DOWN if s not in f["steps_s"]]
         self.tl.mark(
             "autoscaling over",
-            **{k: v for k, v in f.items() if k in ("requests", "failed", "p50_ms", "p99_ms")},
+            **{k: v for k, v in f.items() if k in ("requests", "failed", "shed", "p50_ms", "p99_ms")},
             missing=missing,
         )
 

@@ -433,7 +433,11 @@ def wait_http_ok(url: str, timeout_s: float = 120) -> None:
 @dataclass
 class Load:
     """A bounded closed-loop load on 127.0.0.1: ``clients`` threads, each posting the photo and
-    waiting for the answer, until stopped or ``max_seconds`` or ``max_requests`` is reached."""
+    waiting for the answer, until stopped or ``max_seconds`` or ``max_requests`` is reached.
+
+    The app's own load shedding (a 503 ``overloaded`` with ``Retry-After``: the admission by expected
+    wait) is counted apart as ``shed``, not as a failure: the client waits what ``Retry-After`` says
+    and goes on, as a well-behaved client does. Any other non-200 answer or error is a failure."""
 
     url: str
     body: bytes
@@ -443,6 +447,7 @@ class Load:
     timeout_s: float = 30
     ok: int = 0
     failed: int = 0
+    shed: int = 0
     failures: Counter = field(default_factory=Counter)
     # After a failed request a client waits this long, as a client that backs off does: failures are
     # fast (no endpoint: connection refused), and two clients retrying at once saturate the 2 cores.
@@ -457,12 +462,9 @@ class Load:
     def _client(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         with requests.Session() as session:
-            while (
-                not self._stop.is_set()
-                and time.monotonic() < deadline
-                and self.ok + self.failed < self.max_requests
-            ):
+            while not self._stop.is_set() and time.monotonic() < deadline and self.total < self.max_requests:
                 sent = time.monotonic()
+                retry_after = None
                 try:
                     # Connections to 127.0.0.1 stay open (kubectl port-forward stalls after a few
                     # thousand connections); the gateway opens one to the Service per request.
@@ -474,6 +476,8 @@ class Load:
                     )
                     good = r.status_code == 200 and bool(r.json().get("predictions"))
                     reason = f"HTTP {r.status_code}: {r.text[:120]}"
+                    if r.status_code == 503 and r.headers.get("X-Error-Code") == "overloaded":
+                        retry_after = r.headers.get("Retry-After", "")
                 except (requests.RequestException, ValueError) as exc:
                     good, reason = False, f"{type(exc).__name__}: {str(exc)[:120]}"
                 with self._lock:
@@ -482,10 +486,14 @@ class Load:
                         self.requests_log.append((done, done - sent, good))
                     if good:
                         self.ok += 1
+                    elif retry_after and retry_after.isdigit():
+                        self.shed += 1
                     else:
                         self.failed += 1
                         self.failures[reason] += 1
-                if not good:
+                if retry_after and retry_after.isdigit():
+                    self._stop.wait(min(5.0, float(retry_after)))
+                elif not good:
                     self._stop.wait(self.failure_pause_s)
 
     def __enter__(self) -> Load:
@@ -501,11 +509,12 @@ class Load:
 
     @property
     def total(self) -> int:
-        return self.ok + self.failed
+        return self.ok + self.failed + self.shed
 
     def summary(self) -> str:
         return (
-            f"{self.total} requests, {self.ok} ok, {self.failed} failed {dict(self.failures.most_common(5))}"
+            f"{self.total} requests, {self.ok} ok, {self.shed} shed (503 overloaded, Retry-After), "
+            f"{self.failed} failed {dict(self.failures.most_common(5))}"
         )
 
 

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import __version__, inference_protocol as oip
+from serve_app.admission import Admission
 from serve_app.errors import (
     InvalidParameter,
     PayloadTooLarge,
@@ -162,6 +163,7 @@ class ImageIngress:
             metrics=ingress_metrics(),
             model_name=settings.model_name,
             group=self._group,
+            admission=Admission(self._tuning.max_expected_wait_s),
         )
 
     def reconfigure(self, user_config: dict) -> None:
@@ -169,6 +171,10 @@ class ImageIngress:
         logging.getLogger("ray.serve").setLevel(self._tuning.log_level)
         self._group.set_max_batch_size(self._tuning.max_images_per_model_call)
         self._group.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
+        # Saturated: enough images in flight to fill two model calls (one running, one forming).
+        self._pipeline.admission.configure(
+            self._tuning.max_expected_wait_s, 2 * self._tuning.max_images_per_model_call
+        )
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.
@@ -224,6 +230,7 @@ class ImageIngress:
         request: Request,
         top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     ) -> Response:
+        self._pipeline.refuse_if_overloaded()
         body = await read_body(request, self._limits.max_body_bytes)
         parsed = parse_predict_body(
             request.headers.get("content-type"), body, self._limits.max_images_per_request
@@ -273,6 +280,7 @@ class ImageIngress:
     @app.post("/v2/models/{model_name}/versions/{version}/infer", responses=_ERRORS_DOC)
     async def v2_infer(self, model_name: str, request: Request, version: str | None = None) -> Response:
         oip.check_model(model_name, version, self._settings.model_name, self._weights.version)
+        self._pipeline.refuse_if_overloaded()
         body = await read_body(request, self._limits.max_body_bytes)
         infer_request, tail = oip.parse_infer_request(body, request.headers.get(oip.BINARY_HEADER))
         parsed = oip.read_input(

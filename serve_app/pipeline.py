@@ -1,7 +1,9 @@
-"""The request path under the routes, in plain Python: decode → group → model call → outcome.
+"""The request path under the routes, in plain Python: admit → decode → group → model call → outcome.
 
 ``ImageIngress`` (ingress.py) holds one ``ClassificationPipeline`` per replica and only adapts HTTP to
-it. The pipeline decodes a request's images in a thread pool (PIL releases the GIL), hands each decoded
+it. The pipeline first admits the request's images by their expected wait (admission.py: a 503 with
+``Retry-After`` at once when they could not be answered in time), decodes them in a thread pool (PIL
+releases the GIL), hands each decoded
 image to ``group`` (the ingress's ``@serve.batch`` method, which collects the images of concurrent
 requests into one model call made with ``call_model``), counts every image's outcome and turns the
 model side's failures into a retryable 503. It needs no Ray cluster: tests/unit/test_pipeline.py runs
@@ -21,6 +23,7 @@ import numpy as np
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from serve_app.admission import Admission
 from serve_app.errors import NotReady, Overloaded, ServiceError
 from serve_app.imaging import Preprocessing, decode_image
 
@@ -46,6 +49,7 @@ class ClassificationPipeline:
         model_name: str,
         group: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None,
         decode_workers: int = 4,
+        admission: Admission | None = None,
     ):
         self._model = model
         self._preprocessing = preprocessing
@@ -54,6 +58,7 @@ class ClassificationPipeline:
         self._tags = {"model": model_name}
         self.group = group or self._ungrouped
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+        self.admission = admission or Admission(max_wait_s=0.0)
 
     async def require_ready(self, timeout_s: float) -> dict:
         """The model answers within ``timeout_s``, or a 503 ``not_ready``."""
@@ -72,19 +77,20 @@ class ClassificationPipeline:
         """Encoded images -> one probability vector each, in order. A bad image fails the request
         (its error, every image counted with its code) before any model call."""
         loop = asyncio.get_running_loop()
-        try:
-            arrays = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self.decode, data) for data in images)
-            )
-        except ServiceError as exc:
-            self._count(len(images), exc.code)
-            raise
-        with self._outcome(len(images)):
-            return await asyncio.gather(*(self.group(a) for a in arrays))
+        with self._admitted(len(images)):
+            try:
+                arrays = await asyncio.gather(
+                    *(loop.run_in_executor(self._decode_pool, self.decode, data) for data in images)
+                )
+            except ServiceError as exc:
+                self._count(len(images), exc.code)
+                raise
+            with self._outcome(len(images)):
+                return await asyncio.gather(*(self.group(a) for a in arrays))
 
     async def classify_tensor(self, tensor: np.ndarray, group_size: int) -> np.ndarray:
         """An already-normalised FP32 ``[N, 3, H, W]`` tensor, sent in calls of at most ``group_size``."""
-        with self._outcome(len(tensor)):
+        with self._admitted(len(tensor)), self._outcome(len(tensor)):
             parts = await asyncio.gather(
                 *(
                     self._model.classify_normalized.remote(tensor[i : i + group_size])
@@ -99,6 +105,33 @@ class ClassificationPipeline:
 
     async def _ungrouped(self, array: np.ndarray) -> np.ndarray:
         return (await self.call_model([array]))[0]
+
+    def refuse_if_overloaded(self) -> None:
+        """A 503 before the request's body is even read, when one more image would already wait too
+        long (counted as one refused image: its count is not known yet)."""
+        retry_after = self.admission.refusal(1)
+        if retry_after is not None:
+            self._refuse(1, retry_after)
+
+    def _refuse(self, count: int, retry_after: int) -> None:
+        self._count(count, Overloaded.code)
+        wait = self.admission.expected_wait_s(count)
+        raise Overloaded(
+            f"overloaded: the expected wait ({wait:.2f}s) exceeds {self.admission.max_wait_s:.2f}s; "
+            f"retry after {retry_after}s",
+            retry_after,
+        )
+
+    @contextlib.contextmanager
+    def _admitted(self, count: int):
+        """``count`` images in flight while the block runs, or a 503 now if they would wait too long."""
+        retry_after = self.admission.try_admit(count)
+        if retry_after is not None:
+            self._refuse(count, retry_after)
+        try:
+            yield
+        finally:
+            self.admission.done(count)
 
     @contextlib.contextmanager
     def _outcome(self, count: int):

@@ -92,4 +92,12 @@ class IngressTuning(BaseModel):
         le=1.0,
         description="How long an image may wait for others to share its model call.",
     )
+    max_expected_wait_s: float = Field(
+        0.35,
+        ge=0.0,
+        le=60.0,
+        description="Admission: a request whose images would wait longer than this behind those in "
+        "flight (at the rate this replica completes images) gets an immediate 503 with Retry-After; "
+        "0 admits everything.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

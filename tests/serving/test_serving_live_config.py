@@ -1,4 +1,5 @@
-"""Live reconfiguration and overload, applied the KubeRay way: a new Serve config PUT to the dashboard."""
+"""Live reconfiguration and overload (a full model queue, admission by expected wait), applied the KubeRay
+way: a new Serve config PUT to the dashboard."""
 
 from __future__ import annotations
 
@@ -92,4 +93,36 @@ def test_full_queue_answers_503_fast_with_retry_after(ray_cluster, base_url, cat
     # Rejections are immediate: each is answered well before the slowest successful request.
     slowest_ok = max(r.elapsed.total_seconds() for r in responses if r.status_code == 200)
     assert min(r.elapsed.total_seconds() for r in rejected) < slowest_ok
+    assert_serving_normally(http, base_url, cat_png)
+
+
+def test_admission_refuses_at_once_what_would_wait_past_the_limit(
+    ray_cluster, base_url, cat_png, http, restore_config
+):
+    """Admission by expected wait (serve_app.admission): with a slow model (one image per forward) and
+    a 0.2 s limit, 40 clients are far past what the replicas answer in time; once the ingress has
+    learned its rate, the excess gets an immediate 503 overloaded with Retry-After, the rest is served,
+    and nothing else fails."""
+    config = copy.deepcopy(load_serve_config())
+    deployment_config(config, "ImageClassifier")["user_config"] = {
+        "max_batch_size": 1,
+        "batch_wait_timeout_s": 0.0,
+    }
+    deployment_config(config, "ImageIngress")["user_config"].update(
+        max_images_per_model_call=1, max_expected_wait_s=0.2
+    )
+    ray_cluster.deploy(config)
+    responses = burst(base_url, cat_png, clients=40, per_client=8)
+    ok = [r for r in responses if r.status_code == 200]
+    shed = [r for r in responses if r.status_code == 503]
+    assert len(ok) + len(shed) == len(responses), sorted({r.status_code for r in responses})
+    assert ok and shed, f"{len(ok)} served, {len(shed)} refused"
+    for response in shed:
+        assert response.json()["error"]["code"] == "overloaded"
+        assert "expected wait" in response.json()["error"]["message"]
+        assert int(response.headers["Retry-After"]) >= 1
+    # Refused before any decoding or queueing: faster than what was served.
+    elapsed = sorted(r.elapsed.total_seconds() for r in shed)
+    served = sorted(r.elapsed.total_seconds() for r in ok)
+    assert elapsed[len(elapsed) // 2] < served[len(served) // 2]
     assert_serving_normally(http, base_url, cat_png)

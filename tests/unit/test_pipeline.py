@@ -3,7 +3,7 @@
 Decode → group → model call → outcome: images keep their order, a bad image fails the request before
 any model call and is counted with its code, the model side's back-pressure and replica loss become a
 retryable 503 counted as such, a tensor goes in calls of at most the group size, and readiness maps a
-slow or failing model to 503 not_ready.
+slow or failing model to 503 not_ready; images that would wait too long are refused before decoding.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from harness.images import encode
+from serve_app.admission import Admission
 from serve_app.errors import InvalidImage, NotReady, Overloaded
 from serve_app.imaging import Preprocessing
 from serve_app.pipeline import ClassificationPipeline
@@ -169,3 +170,33 @@ def test_readiness_is_a_503_when_the_model_is_slow():
     with pytest.raises(NotReady) as err:
         run(slow.require_ready(0.05))
     assert err.value.status == 503 and "TimeoutError" in err.value.message
+
+
+def test_the_pipeline_refuses_before_decoding_and_releases_what_it_admitted():
+    clock = iter(i / 100 for i in range(10**6))  # 100 images/s, 40 in flight
+    adm = Admission(0.0, saturation_images=16, clock=lambda: next(clock))
+    for _ in range(200):
+        while adm.in_flight < 40:
+            adm.try_admit(1)
+        adm.done(1)
+    adm.configure(0.3, 16)  # 39 in flight at ~100 img/s: about 0.4 s ahead
+    model = FakeModel()
+    pipe, metrics = pipeline(model, admission=adm)
+    with pytest.raises(Overloaded) as err:
+        asyncio.run(pipe.classify_images([png(1), png(2)]))
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    assert "expected wait" in err.value.message
+    assert model.calls == [] and metrics.decode_seconds.observed == 0
+    assert metrics.images.counts == {Overloaded.code: 2}
+    # Before the body is read: the same refusal, counted as one image.
+    with pytest.raises(Overloaded):
+        pipe.refuse_if_overloaded()
+    assert metrics.images.counts == {Overloaded.code: 3}
+    while adm.in_flight:
+        adm.done(1)
+    pipe.refuse_if_overloaded()  # an empty line refuses nothing
+    # Admitted, answered or failed: either way the images leave the line.
+    assert len(asyncio.run(pipe.classify_images([png(1), png(2)]))) == 2
+    with pytest.raises(InvalidImage):
+        asyncio.run(pipe.classify_images([png(1), b"broken"]))
+    assert adm.in_flight == 0
