@@ -549,7 +549,7 @@ def plot(result: dict, path: Path) -> None:
     limit = s.get("pipeline_limit_images_per_s")
     if limit:
         ax1.axhline(limit, color="k", ls="--", label=f"pipeline limit {limit:.0f}")
-        ax1.axhline(0.85 * limit, color="grey", ls=":", label="0.85 x limit")
+        ax1.axhline(RATIO_TARGET * limit, color="grey", ls=":", label=f"target {RATIO_TARGET} x limit")
     ax1.set_xlabel("concurrency")
     ax1.set_ylabel("images/s")
     ax1.set_ylim(bottom=0)
