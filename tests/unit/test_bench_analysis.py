@@ -108,3 +108,28 @@ def test_profile_summary_splits_self_and_inclusive_time(tmp_path):
     assert prof["samples"] == 100
     assert prof["self"][0] == {"frame": "forward (c.py:3)", "share": 0.6}
     assert prof["inclusive"][0] == {"frame": "main (a.py:1)", "share": 1.0}
+
+
+def test_ab_summary_takes_medians_and_counts_the_rounds_each_config_beat_the_baseline():
+    from bench.ab import summarize as ab_summary
+
+    def row(rate, p99, shed=0):
+        return {"images_per_s": rate, "p99_ms": p99, "errors": 0, "shed": shed, "cpu_ms_per_image": 18.0}
+
+    results = {
+        "base.yaml": {32: [row(85.0, 600), row(90.0, 580), row(84.0, 650, shed=3)]},
+        "cand.yaml": {32: [row(95.0, 570), row(89.0, 590), row(99.0, 560)]},
+    }
+    base, cand = ab_summary(results, "base.yaml")
+    assert base == {
+        "config": "base.yaml",
+        "concurrency": 32,
+        "rounds": 3,
+        "median_images_per_s": 85.0,
+        "median_p99_ms": 600,
+        "errors": 0,
+        "shed": 3,
+        "rounds_faster_than_baseline": None,
+    }
+    assert cand["median_images_per_s"] == 95.0 and cand["median_p99_ms"] == 570
+    assert cand["rounds_faster_than_baseline"] == 2  # round 2 (89 < 90) went to the baseline

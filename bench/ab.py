@@ -1,0 +1,159 @@
+"""Interleaved A/B of Serve configs on this machine: which tuning serves more, measured fairly.
+
+    python -m bench.ab serve_config.yaml candidate.yaml [more.yaml ...]
+                       [--rounds 6] [--concurrency 8 32] [--duration 15] [--warmup 2]
+                       [--env K=V ...] [--out artifacts/bench] [--label ab] [--smoke]
+
+A shared VM's speed drifts by tens of percent within minutes (``bench.serving`` prints a probe of it),
+so two configs measured one after the other compare the host as much as the configs. Here every
+config gets its own Ray cluster (``harness/ray_cluster.py``, the Ray settings of ``serve.env``), all
+of them started before the first measurement and kept up side by side; then each round measures
+every config at every concurrency (``bench.loadgen``: multipart uploads of the 500×375 JPEG, clients
+honouring ``Retry-After``), in the opposite order on odd rounds. An idle cluster still costs its Ray
+processes' CPU, the same for all configs. Prints each measurement and, per config and concurrency,
+the median of the rounds and how many rounds it served more than the first config (the baseline);
+writes ``<label>.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from bench.serving import REPO, run_loadgen, wait_ready, warm_up
+from harness.ray_cluster import RayCluster, serve_env
+from loadtest.images import small_jpeg
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", type=Path, nargs="+", help="Serve configs; the first is the baseline")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    p.add_argument("--env", action="append", default=[], help="K=V for every cluster's Ray processes")
+    p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
+    p.add_argument("--label", default="ab")
+    p.add_argument("--smoke", action="store_true", help="one short round (CI); no comparison claimed")
+    args = p.parse_args(argv)
+    if len(args.configs) < 2 and not args.smoke:
+        p.error("give at least two configs to compare")
+    if args.smoke:
+        args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
+    return args
+
+
+def row_of(run: dict) -> dict:
+    cores = run.get("server_cpu_cores", {}).get("total")
+    rate = run["images_per_s"]
+    return {
+        "images_per_s": rate,
+        "p99_ms": run["p99_ms"],
+        "errors": sum(run["errors"].values()),
+        "shed": run.get("shed", 0),
+        "cpu_ms_per_image": round(1000 * cores / rate, 2) if cores and rate else None,
+    }
+
+
+def summarize(results: dict[str, dict[int, list[dict]]], baseline: str) -> list[dict]:
+    """Per config and concurrency: medians over the rounds, and the rounds it beat the baseline in."""
+    out = []
+    for name, by_c in results.items():
+        for c, rows in by_c.items():
+            base = results[baseline][c]
+            out.append(
+                {
+                    "config": name,
+                    "concurrency": c,
+                    "rounds": len(rows),
+                    "median_images_per_s": round(statistics.median(r["images_per_s"] for r in rows), 1),
+                    "median_p99_ms": round(statistics.median(r["p99_ms"] for r in rows)),
+                    "errors": sum(r["errors"] for r in rows),
+                    "shed": sum(r["shed"] for r in rows),
+                    "rounds_faster_than_baseline": None
+                    if name == baseline
+                    else sum(r["images_per_s"] > b["images_per_s"] for r, b in zip(rows, base, strict=False)),
+                }
+            )
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    image = args.out / "bench_500x375.jpg"
+    image.write_bytes(small_jpeg())
+    env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}
+    names = [str(c) for c in args.configs]
+    results: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in args.concurrency} for n in names}
+    with contextlib.ExitStack() as stack:
+        clusters = []
+        for name, path in zip(names, args.configs, strict=True):
+            cluster = stack.enter_context(RayCluster(num_cpus=2, env=env))
+            cluster.deploy(yaml.safe_load(path.read_text()))
+            wait_ready(cluster.serve_url)
+            warm_up(cluster.serve_url, [small_jpeg()], 10)
+            clusters.append((name, cluster))
+            print(f"up: {name} at {cluster.serve_url}", flush=True)
+        for r in range(args.rounds):
+            for name, cluster in clusters if r % 2 == 0 else clusters[::-1]:
+                for c in args.concurrency:
+                    run = run_loadgen(
+                        cluster.serve_url,
+                        image,
+                        c,
+                        args.warmup,
+                        args.duration,
+                        cluster.temp_dir,
+                        honor_retry_after=True,
+                    )
+                    row = row_of(run)
+                    results[name][c].append(row)
+                    print(
+                        f"round {r} c={c:<4d} {name:40s} {row['images_per_s']:6.1f} img/s  p99 "
+                        f"{row['p99_ms']:5.0f} ms  CPU/img {row['cpu_ms_per_image']} ms  "
+                        f"errors {row['errors']}  shed {row['shed']}",
+                        flush=True,
+                    )
+    summary = summarize(results, names[0])
+    print(f"\nmedians of {args.rounds} interleaved rounds ({args.duration:g} s each); baseline {names[0]}")
+    for s in summary:
+        beat = (
+            ""
+            if s["rounds_faster_than_baseline"] is None
+            else f"  faster in {s['rounds_faster_than_baseline']}"
+        )
+        print(
+            f"c={s['concurrency']:<4d} {s['config']:40s} {s['median_images_per_s']:6.1f} img/s  "
+            f"p99 {s['median_p99_ms']:5d} ms  errors {s['errors']}  shed {s['shed']}{beat}"
+        )
+    path = args.out / f"{args.label}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "label": args.label,
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": " ".join(["python -m bench.ab", *sys.argv[1:]]),
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "runs": results,
+                "summary": summary,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
