@@ -244,7 +244,7 @@ class TestOneRayServiceWithTwoWorkers:
         assert events, "no DeletedWorkerPod event for the crashed worker"
         wait_for(lambda: len([p for p in workers(ops) if started(p)]) == 2, 600, "two running workers again")
         restarts = {
-            p["metadata"]["name"]: [s["restartCount"] for s in p["status"]["containerStatuses"]]
+            p["metadata"]["name"]: [s["restartCount"] for s in p["status"].get("containerStatuses") or []]
             for p in workers(ops) + [head(ops)]
         }
         assert all(n == 0 for counts in restarts.values() for n in counts), restarts
