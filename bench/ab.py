@@ -2,7 +2,7 @@
 
     python -m bench.ab serve_config.yaml candidate.yaml [more.yaml ...]
                        [--rounds 6] [--concurrency 8 32] [--duration 15] [--warmup 2]
-                       [--env K=V ...] [--out artifacts/bench] [--label ab] [--smoke]
+                       [--env K=V ...] [--out artifacts/bench] [--label ab]
 
 A shared VM's speed drifts by tens of percent within minutes (``bench.serving`` prints a probe of it),
 so two configs measured one after the other compare the host as much as the configs. Here every
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.serving import REPO, run_loadgen, wait_ready, warm_up
+from bench.serving import REPO, cpu_ms_per_image, run_loadgen, wait_ready, warm_up
 from harness.ray_cluster import RayCluster, serve_env
 from loadtest.images import small_jpeg
 
@@ -42,24 +42,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--env", action="append", default=[], help="K=V for every cluster's Ray processes")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
     p.add_argument("--label", default="ab")
-    p.add_argument("--smoke", action="store_true", help="one short round (CI); no comparison claimed")
     args = p.parse_args(argv)
-    if len(args.configs) < 2 and not args.smoke:
+    if len(args.configs) < 2:
         p.error("give at least two configs to compare")
-    if args.smoke:
-        args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
     return args
 
 
 def row_of(run: dict) -> dict:
-    cores = run.get("server_cpu_cores", {}).get("total")
-    rate = run["images_per_s"]
+    cpu_ms = cpu_ms_per_image([run])
     return {
-        "images_per_s": rate,
+        "images_per_s": run["images_per_s"],
         "p99_ms": run["p99_ms"],
         "errors": sum(run["errors"].values()),
         "shed": run.get("shed", 0),
-        "cpu_ms_per_image": round(1000 * cores / rate, 2) if cores and rate else None,
+        "cpu_ms_per_image": None if cpu_ms is None else round(cpu_ms, 2),
     }
 
 
@@ -80,7 +76,7 @@ def summarize(results: dict[str, dict[int, list[dict]]], baseline: str) -> list[
                     "shed": sum(r["shed"] for r in rows),
                     "rounds_faster_than_baseline": None
                     if name == baseline
-                    else sum(r["images_per_s"] > b["images_per_s"] for r, b in zip(rows, base, strict=False)),
+                    else sum(r["images_per_s"] > b["images_per_s"] for r, b in zip(rows, base, strict=True)),
                 }
             )
     return out

@@ -133,3 +133,12 @@ def test_ab_summary_takes_medians_and_counts_the_rounds_each_config_beat_the_bas
     }
     assert cand["median_images_per_s"] == 95.0 and cand["median_p99_ms"] == 570
     assert cand["rounds_faster_than_baseline"] == 2  # round 2 (89 < 90) went to the baseline
+
+
+def test_ab_row_counts_errors_and_takes_the_servers_cpu_per_image():
+    from bench.ab import row_of
+
+    run = {"images_per_s": 100.0, "p99_ms": 500.0, "errors": {"HTTP 500": 2, "timeout": 1}, "shed": 4}
+    assert row_of(run)["errors"] == 3 and row_of(run)["shed"] == 4
+    assert row_of(run)["cpu_ms_per_image"] is None  # no server CPU measured (no temp dir)
+    assert row_of({**run, "server_cpu_cores": {"total": 1.8}})["cpu_ms_per_image"] == 18.0
