@@ -12,6 +12,7 @@ if [ -f .cluster/kubeconfig ] && .cluster/bin/kubectl --kubeconfig .cluster/kube
   was_up=1
 fi
 bash cluster/install-deps.sh
-bash cluster/up.sh
+# Armed before up.sh: a start that fails half-way (daemons up, add-ons not) is taken down too.
 if [ "$was_up" = 0 ]; then trap 'bash cluster/down.sh' EXIT; fi
+bash cluster/up.sh
 "$@"
