@@ -6,7 +6,9 @@ previous batch finishes it takes every image that has queued meanwhile (up to th
 first, the rows of one group may go into two batches), and only when fewer than the limit are
 waiting and the oldest of them has waited less than ``batch_wait_timeout_s`` does it wait for more.
 So under load every batch is full and nobody waits for a timer, and a lone request waits at most
-the timeout: the queue-delay semantics of Triton's dynamic batcher.
+the timeout: the queue-delay semantics of Triton's dynamic batcher. With ``max_concurrent_batches``
+above 1, a batch beside one already running starts only when it is full: under load the second core
+gets work, while a light load is not split into small batches that slow each other down.
 
 Why not ``@serve.batch``: in Ray 2.60 its batch loop forms the next batch as soon as the first
 request of it arrives and the wait runs out, whether or not a batch is still running
@@ -20,6 +22,7 @@ Pure asyncio and numpy (no Ray): tests/unit/test_batching.py drives it with a fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -64,6 +67,7 @@ class Batcher:
         self._queue: deque[_Image] = deque()
         self._arrived = asyncio.Event()
         self._workers: list[asyncio.Task] = []
+        self._running = 0  # batches executing now
 
     @property
     def queued(self) -> int:
@@ -90,22 +94,25 @@ class Batcher:
                 await self._execute(batch)
 
     async def _wait_for_batch(self) -> None:
-        """Until the limit is queued, or the oldest queued image has waited the timeout."""
+        """Until the limit is queued, or the oldest queued image has waited the timeout while no other
+        batch runs."""
         while True:
             self._drop_cancelled()
             if len(self._queue) >= self.max_batch_size:
                 return
-            if self._queue:
+            if self._running:
+                remaining = None  # beside a running batch only a full one starts; its end wakes us
+            elif self._queue:
                 remaining = self._queue[0].queued_at + self.batch_wait_timeout_s - self._clock()
                 if remaining <= 0:
                     return
             else:
                 remaining = None
             self._arrived.clear()
-            try:
+            # A timeout only ends this wait: the loop looks again (another worker may have started a
+            # batch meanwhile).
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:  # noqa: UP041 - not the builtin TimeoutError on 3.10
-                return
 
     def _drop_cancelled(self) -> None:
         """Images whose caller gave up (a client that went away) are not run."""
@@ -123,6 +130,7 @@ class Batcher:
     async def _execute(self, batch: list[_Image]) -> None:
         if self._on_batch is not None:
             self._on_batch(BatchInfo(len(batch), self._clock() - batch[0].queued_at, len(self._queue)))
+        self._running += 1
         try:
             results = await self._run(np.stack([image.row for image in batch]))
             if len(results) != len(batch):
@@ -132,6 +140,9 @@ class Batcher:
                 if not image.future.done():
                     image.future.set_exception(exc)
             return
+        finally:
+            self._running -= 1
+            self._arrived.set()  # a worker waiting beside this batch may now take a partial one
         for image, result in zip(batch, results, strict=True):
             if not image.future.done():
                 image.future.set_result(result)

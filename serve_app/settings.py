@@ -70,7 +70,11 @@ class ModelTuning(BaseModel):
     max_batch_size: int = Field(8, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=5.0)
     max_concurrent_batches: int = Field(
-        1, ge=1, le=64, description="Batches run at once in one replica, each forward in its own thread."
+        1,
+        ge=1,
+        le=64,
+        description="Batches run at once in one replica, each forward in its own thread; beside a "
+        "running batch only a full one starts.",
     )
 
 

@@ -135,3 +135,41 @@ def test_the_limit_and_the_wait_change_live():
         return model.batches
 
     assert asyncio.run(scenario()) == [[1, 2, 3, 4], [5], [6]]
+
+
+def test_beside_a_running_batch_only_a_full_batch_starts():
+    """Two batches at once: under load (a full batch queued) the second starts at once; a light load
+    is not split into small batches beside the running one: it waits for that batch to end."""
+
+    async def scenario():
+        model = FakeModel()
+        batcher = Batcher(model, max_batch_size=3, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+        first, [partial] = await behind_a_running_batch(batcher, model, (1, 2))
+        beside_partial = [list(b) for b in model.batches]
+        full = asyncio.create_task(batcher.submit(images(3, 4, 5)))
+        await asyncio.sleep(0.01)
+        # 1, 2 (oldest first) and 3 make a full batch, which starts beside the running one.
+        beside_full = [list(b) for b in model.batches]
+        model.release.set()
+        results = await asyncio.gather(first, partial, full)
+        return beside_partial, beside_full, model.batches, results
+
+    beside_partial, beside_full, batches, results = asyncio.run(scenario())
+    assert beside_partial == [[0]]
+    assert beside_full == [[0], [1, 2, 3]]
+    assert batches == [[0], [1, 2, 3], [4, 5]]
+    assert [r[:, 0].tolist() for r in results] == [[0], [10, 20], [30, 40, 50]]
+
+
+def test_one_batch_at_a_time_when_the_limit_is_one():
+    async def scenario():
+        model = FakeModel()
+        batcher = Batcher(model, max_batch_size=2, batch_wait_timeout_s=0.0, max_concurrent_batches=1)
+        first, later = await behind_a_running_batch(batcher, model, (1, 2), (3, 4))
+        running = [list(b) for b in model.batches]
+        model.release.set()
+        await asyncio.gather(first, *later)
+        return running, model.batches
+
+    running, batches = asyncio.run(scenario())
+    assert running == [[0]] and batches == [[0], [1, 2], [3, 4]]
