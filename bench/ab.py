@@ -55,8 +55,14 @@ def row_of(run: dict) -> dict:
         "p99_ms": run["p99_ms"],
         "errors": sum(run["errors"].values()),
         "shed": run.get("shed", 0),
+        "shed_p99_ms": run.get("shed_p99_ms") if run.get("shed") else None,
         "cpu_ms_per_image": None if cpu_ms is None else round(cpu_ms, 2),
     }
+
+
+def _median_of_present(values) -> int | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present)) if present else None
 
 
 def summarize(results: dict[str, dict[int, list[dict]]], baseline: str) -> list[dict]:
@@ -74,6 +80,7 @@ def summarize(results: dict[str, dict[int, list[dict]]], baseline: str) -> list[
                     "median_p99_ms": round(statistics.median(r["p99_ms"] for r in rows)),
                     "errors": sum(r["errors"] for r in rows),
                     "shed": sum(r["shed"] for r in rows),
+                    "median_shed_p99_ms": _median_of_present(r.get("shed_p99_ms") for r in rows),
                     "rounds_faster_than_baseline": None
                     if name == baseline
                     else sum(r["images_per_s"] > b["images_per_s"] for r, b in zip(rows, base, strict=True)),
@@ -116,7 +123,8 @@ def main(argv=None) -> int:
                     print(
                         f"round {r} c={c:<4d} {name:40s} {row['images_per_s']:6.1f} img/s  p99 "
                         f"{row['p99_ms']:5.0f} ms  CPU/img {row['cpu_ms_per_image']} ms  "
-                        f"errors {row['errors']}  shed {row['shed']}",
+                        f"errors {row['errors']}  shed {row['shed']}"
+                        + (f" (p99 {row['shed_p99_ms']:.0f} ms)" if row["shed_p99_ms"] else ""),
                         flush=True,
                     )
     summary = summarize(results, names[0])
@@ -129,7 +137,9 @@ def main(argv=None) -> int:
         )
         print(
             f"c={s['concurrency']:<4d} {s['config']:40s} {s['median_images_per_s']:6.1f} img/s  "
-            f"p99 {s['median_p99_ms']:5d} ms  errors {s['errors']}  shed {s['shed']}{beat}"
+            f"p99 {s['median_p99_ms']:5d} ms  errors {s['errors']}  shed {s['shed']}"
+            + (f" (p99 {s['median_shed_p99_ms']} ms)" if s["median_shed_p99_ms"] is not None else "")
+            + beat
         )
     path = args.out / f"{args.label}.json"
     path.write_text(

@@ -13,13 +13,21 @@ estimate follows the machine (bigger images, more or fewer model replicas) windo
 
 What is refused gets a 503 with ``Retry-After`` before any decoding, so an overload costs the
 replica little and the requests it admits keep their latency, instead of every request queueing
-behind a long line. Pure Python (no Ray, no web stack): the clock is injectable for unit tests.
+behind a long line. ``Retry-After`` says when the refused client would get its turn: every refused
+client is told to come back at some time, so the promises not yet due are the clients waiting
+(well-behaved ones wait until then), and the next refused client comes after them:
+``Retry-After = (clients waiting + 1) / requests admitted per second``, at least 1 s, at most
+``max_retry_after_s``. Under a deep overload the retries then arrive at about the rate the replica
+admits instead of costing it most of its CPU; under a light one the answer stays 1 s.
+
+Pure Python (no Ray, no web stack): the clock is injectable for unit tests.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -28,13 +36,18 @@ class Admission:
         self,
         max_wait_s: float,
         *,
+        max_retry_after_s: int = 1,
         saturation_images: int = 16,
         window_s: float = 0.5,
         smoothing: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.max_wait_s = max_wait_s
+        self.max_retry_after_s = max_retry_after_s
         self.saturation_images = saturation_images
+        self._promised: deque[float] = deque()  # when each refused client was told to come back
+        self._window_admitted = 0  # requests admitted in this window
+        self.admitted_per_s: float | None = None  # requests, smoothed over windows
         self._window_s = window_s
         self._smoothing = smoothing
         self._clock = clock
@@ -44,9 +57,13 @@ class Admission:
         self._window_done = 0
         self._window_min_in_flight = 0
 
-    def configure(self, max_wait_s: float, saturation_images: int) -> None:
+    def configure(
+        self, max_wait_s: float, saturation_images: int, max_retry_after_s: int | None = None
+    ) -> None:
         self.max_wait_s = max_wait_s
         self.saturation_images = saturation_images
+        if max_retry_after_s is not None:
+            self.max_retry_after_s = max_retry_after_s
 
     def expected_wait_s(self, extra: int = 0) -> float:
         """Seconds until ``extra`` more images would be done behind those in flight (0 while the
@@ -57,12 +74,32 @@ class Admission:
 
     def refusal(self, images: int) -> int | None:
         """The ``Retry-After`` seconds if ``images`` more would wait too long now, else None (nothing
-        is counted: a peek, for refusing a request before its body is read)."""
+        is admitted: a peek, for refusing a request before its body is read; a refusal is counted)."""
         self._tick()
         if self.max_wait_s > 0 and self.in_flight and self.expected_wait_s(images) > self.max_wait_s:
-            # When the line now in flight has drained, at least a second (the header has no fraction).
-            return max(1, math.ceil(self.expected_wait_s() - self.max_wait_s))
+            # At least when the line now in flight has drained, and a second (the header has no
+            # fraction); longer while more clients wait for a turn than the replica admits in one.
+            drained = math.ceil(self.expected_wait_s() - self.max_wait_s)
+            retry_after = max(1, drained, self.retry_after())
+            self._promised.append(self._clock() + retry_after)
+            return retry_after
         return None
+
+    def waiting(self) -> int:
+        """Refused clients told to come back later than now."""
+        now = self._clock()
+        while self._promised and self._promised[0] <= now:
+            self._promised.popleft()
+        return len(self._promised)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the clients waiting now and one more would have had their turn."""
+        waiting = self.waiting()
+        if not waiting:
+            return 1
+        if not self.admitted_per_s:
+            return self.max_retry_after_s
+        return max(1, min(self.max_retry_after_s, math.ceil((waiting + 1) / self.admitted_per_s)))
 
     def try_admit(self, images: int) -> int | None:
         """Admit ``images`` (and count them in flight), or return the ``Retry-After`` seconds to
@@ -71,6 +108,7 @@ class Admission:
         retry_after = self.refusal(images)
         if retry_after is None:
             self.in_flight += images
+            self._window_admitted += 1
         return retry_after
 
     def done(self, images: int) -> None:
@@ -89,5 +127,12 @@ class Admission:
                 self.rate = (
                     sample if self.rate is None else self.rate + self._smoothing * (sample - self.rate)
                 )
+            sample = self._window_admitted / elapsed
+            self.admitted_per_s = (
+                sample
+                if self.admitted_per_s is None
+                else self.admitted_per_s + self._smoothing * (sample - self.admitted_per_s)
+            )
+            self._window_admitted = 0
             self._window_start, self._window_done = now, 0
             self._window_min_in_flight = self.in_flight

@@ -173,7 +173,9 @@ class ImageIngress:
         self._group.set_batch_wait_timeout_s(self._tuning.model_call_wait_s)
         # Saturated: enough images in flight to fill two model calls (one running, one forming).
         self._pipeline.admission.configure(
-            self._tuning.max_expected_wait_s, 2 * self._tuning.max_images_per_model_call
+            self._tuning.max_expected_wait_s,
+            2 * self._tuning.max_images_per_model_call,
+            self._tuning.max_retry_after_s,
         )
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive

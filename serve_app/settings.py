@@ -104,4 +104,12 @@ class IngressTuning(BaseModel):
         "flight (at the rate this replica completes images) gets an immediate 503 with Retry-After; "
         "0 admits everything.",
     )
+    max_retry_after_s: int = Field(
+        10,
+        ge=1,
+        le=300,
+        description="Admission: the longest Retry-After; under a deep overload it grows towards when "
+        "the refused clients would get a turn (refusals / admissions × the Retry-After they were "
+        "given); 1 always answers 1 s (or the time the line in flight takes to drain).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -121,6 +121,10 @@ def test_admission_refuses_at_once_what_would_wait_past_the_limit(
         assert response.json()["error"]["code"] == "overloaded"
         assert "expected wait" in response.json()["error"]["message"]
         assert int(response.headers["Retry-After"]) >= 1
+    # These clients come straight back instead of waiting: the refused pile up, and Retry-After grows
+    # past a second towards when they would get a turn (at most max_retry_after_s, 10 by default).
+    retry_after = [int(r.headers["Retry-After"]) for r in shed]
+    assert 1 < max(retry_after) <= 10, sorted(set(retry_after))
     # Refused before any decoding or queueing: faster than what was served.
     elapsed = sorted(r.elapsed.total_seconds() for r in shed)
     served = sorted(r.elapsed.total_seconds() for r in ok)

@@ -112,3 +112,76 @@ def test_a_peek_refuses_like_admission_but_counts_nothing():
     while adm.in_flight > 10:
         adm.done(1)
     assert adm.refusal(1) is None and adm.in_flight == 10
+
+
+class Clients:
+    """Closed-loop clients of one image each against a replica completing ``rate`` images/s; a refused
+    client waits the Retry-After it was given, an answered one sends its next request at once."""
+
+    def __init__(self, adm: Admission, clock: Clock, rate: float = 100.0):
+        self.adm, self.clock, self.dt = adm, clock, 1 / rate  # one image completes per step
+        self.next_try: dict[int, float] = {}
+        self.line: list[int] = []  # clients whose image is in flight, oldest first
+
+    def run(self, clients: int, seconds: float) -> tuple[int, int, list[int]]:
+        """The refusals and admissions of the run, and the Retry-After values given."""
+        for client in range(clients):
+            self.next_try.setdefault(client, self.clock.now)
+        for client in [c for c in self.next_try if c >= clients and c not in self.line]:
+            del self.next_try[client]  # fewer clients: those not in flight stop
+        refused = admitted = 0
+        told: list[int] = []
+        end = self.clock.now + seconds
+        while self.clock.now < end:
+            self.clock.now += self.dt
+            if self.line:
+                client = self.line.pop(0)
+                self.adm.done(1)
+                if client < clients:
+                    self.next_try[client] = self.clock.now
+                else:
+                    self.next_try.pop(client, None)
+            for client, at in list(self.next_try.items()):
+                if at <= self.clock.now and client not in self.line:
+                    retry_after = self.adm.try_admit(1)
+                    if retry_after is None:
+                        self.line.append(client)
+                        self.next_try[client] = float("inf")
+                        admitted += 1
+                    else:
+                        self.next_try[client] = self.clock.now + retry_after
+                        refused += 1
+                        told.append(retry_after)
+        return refused, admitted, told
+
+
+def learned(max_retry_after_s: int, clock: Clock) -> Admission:
+    adm = Admission(0.3, max_retry_after_s=max_retry_after_s, saturation_images=16, clock=clock)
+    saturate(adm, clock, rate=100, seconds=2, in_flight=30)
+    while adm.in_flight:
+        adm.done(1)
+    return adm
+
+
+def test_retry_after_follows_the_depth_of_the_overload_and_falls_back_to_a_second():
+    clock = Clock()
+    # 300 clients against a replica that holds ~30 in flight at 100 img/s. Told "1 s" every time,
+    # the ~270 waiting come back every second: about 3 refusals for each admission.
+    fixed = Clients(learned(1, clock), clock)
+    fixed.run(clients=300, seconds=5)
+    refused, admitted, told = fixed.run(clients=300, seconds=10)
+    assert set(told) == {1} and refused / admitted > 2, (refused, admitted)
+    # Told when their turn comes (~270 waiting / ~100 admitted a second), the refused come back at
+    # about the rate the replica admits: the retries no longer cost it most of its work.
+    adaptive = Clients(learned(10, clock), clock)
+    adaptive.run(clients=300, seconds=5)
+    refused, admitted, told = adaptive.run(clients=300, seconds=10)
+    assert 0.5 < refused / admitted < 1.5, (refused, admitted)
+    assert 2 <= min(told) and max(told) <= 4, sorted(set(told))
+    # As capped: never above max_retry_after_s.
+    capped = Clients(learned(2, clock), clock)
+    capped.run(clients=300, seconds=5)
+    assert set(capped.run(clients=300, seconds=5)[2]) <= {1, 2}
+    # When the overload ends, a refusal says 1 s again within a few seconds.
+    adaptive.run(clients=20, seconds=5)
+    assert adaptive.adm.retry_after() == 1 and adaptive.adm.waiting() == 0

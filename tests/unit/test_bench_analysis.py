@@ -113,11 +113,18 @@ def test_profile_summary_splits_self_and_inclusive_time(tmp_path):
 def test_ab_summary_takes_medians_and_counts_the_rounds_each_config_beat_the_baseline():
     from bench.ab import summarize as ab_summary
 
-    def row(rate, p99, shed=0):
-        return {"images_per_s": rate, "p99_ms": p99, "errors": 0, "shed": shed, "cpu_ms_per_image": 18.0}
+    def row(rate, p99, shed=0, shed_p99=None):
+        return {
+            "images_per_s": rate,
+            "p99_ms": p99,
+            "errors": 0,
+            "shed": shed,
+            "shed_p99_ms": shed_p99,
+            "cpu_ms_per_image": 18.0,
+        }
 
     results = {
-        "base.yaml": {32: [row(85.0, 600), row(90.0, 580), row(84.0, 650, shed=3)]},
+        "base.yaml": {32: [row(85.0, 600), row(90.0, 580), row(84.0, 650, shed=3, shed_p99=91.6)]},
         "cand.yaml": {32: [row(95.0, 570), row(89.0, 590), row(99.0, 560)]},
     }
     base, cand = ab_summary(results, "base.yaml")
@@ -129,9 +136,11 @@ def test_ab_summary_takes_medians_and_counts_the_rounds_each_config_beat_the_bas
         "median_p99_ms": 600,
         "errors": 0,
         "shed": 3,
+        "median_shed_p99_ms": 92,  # only the round that refused something has a refusal latency
         "rounds_faster_than_baseline": None,
     }
     assert cand["median_images_per_s"] == 95.0 and cand["median_p99_ms"] == 570
+    assert cand["median_shed_p99_ms"] is None
     assert cand["rounds_faster_than_baseline"] == 2  # round 2 (89 < 90) went to the baseline
 
 
@@ -140,5 +149,7 @@ def test_ab_row_counts_errors_and_takes_the_servers_cpu_per_image():
 
     run = {"images_per_s": 100.0, "p99_ms": 500.0, "errors": {"HTTP 500": 2, "timeout": 1}, "shed": 4}
     assert row_of(run)["errors"] == 3 and row_of(run)["shed"] == 4
+    assert row_of({**run, "shed_p99_ms": 88.0})["shed_p99_ms"] == 88.0
+    assert row_of({**run, "shed": 0, "shed_p99_ms": float("nan")})["shed_p99_ms"] is None
     assert row_of(run)["cpu_ms_per_image"] is None  # no server CPU measured (no temp dir)
     assert row_of({**run, "server_cpu_cores": {"total": 1.8}})["cpu_ms_per_image"] == 18.0
