@@ -37,6 +37,7 @@ class Admission:
         max_wait_s: float,
         *,
         max_retry_after_s: int = 1,
+        latency_objective_s: float = 0.0,
         saturation_images: int = 16,
         window_s: float = 0.5,
         smoothing: float = 0.3,
@@ -44,6 +45,9 @@ class Admission:
     ):
         self.max_wait_s = max_wait_s
         self.max_retry_after_s = max_retry_after_s
+        self.latency_objective_s = latency_objective_s
+        self.limit_factor = 1.0  # below 1 while refusing and the admitted tail is past the objective
+        self._latencies: deque[tuple[float, float]] = deque()  # (done at, admitted -> done seconds)
         self.saturation_images = saturation_images
         self._promised: deque[float] = deque()  # when each refused client was told to come back
         self._window_admitted = 0  # requests admitted in this window
@@ -58,12 +62,23 @@ class Admission:
         self._window_min_in_flight = 0
 
     def configure(
-        self, max_wait_s: float, saturation_images: int, max_retry_after_s: int | None = None
+        self,
+        max_wait_s: float,
+        saturation_images: int,
+        max_retry_after_s: int | None = None,
+        latency_objective_s: float | None = None,
     ) -> None:
         self.max_wait_s = max_wait_s
         self.saturation_images = saturation_images
         if max_retry_after_s is not None:
             self.max_retry_after_s = max_retry_after_s
+        if latency_objective_s is not None:
+            self.latency_objective_s = latency_objective_s
+
+    @property
+    def wait_limit_s(self) -> float:
+        """The expected wait admitted now: ``max_wait_s``, lowered while the tail is too long."""
+        return self.max_wait_s * self.limit_factor
 
     def expected_wait_s(self, extra: int = 0) -> float:
         """Seconds until ``extra`` more images would be done behind those in flight (0 while the
@@ -76,10 +91,10 @@ class Admission:
         """The ``Retry-After`` seconds if ``images`` more would wait too long now, else None (nothing
         is admitted: a peek, for refusing a request before its body is read; a refusal is counted)."""
         self._tick()
-        if self.max_wait_s > 0 and self.in_flight and self.expected_wait_s(images) > self.max_wait_s:
+        if self.max_wait_s > 0 and self.in_flight and self.expected_wait_s(images) > self.wait_limit_s:
             # At least when the line now in flight has drained, and a second (the header has no
             # fraction); longer while more clients wait for a turn than the replica admits in one.
-            drained = math.ceil(self.expected_wait_s() - self.max_wait_s)
+            drained = math.ceil(self.expected_wait_s() - self.wait_limit_s)
             retry_after = max(1, drained, self.retry_after())
             self._promised.append(self._clock() + retry_after)
             return retry_after
@@ -111,9 +126,12 @@ class Admission:
             self._window_admitted += 1
         return retry_after
 
-    def done(self, images: int) -> None:
-        """``images`` admitted earlier are answered (or failed): they leave the line."""
+    def done(self, images: int, latency_s: float | None = None) -> None:
+        """``images`` admitted earlier are answered (or failed) ``latency_s`` after their admission:
+        they leave the line."""
         self._tick()
+        if latency_s is not None:
+            self._latencies.append((self._clock(), latency_s))
         self.in_flight -= images
         self._window_done += images
         self._window_min_in_flight = min(self._window_min_in_flight, self.in_flight)
@@ -134,5 +152,36 @@ class Admission:
                 else self.admitted_per_s + self._smoothing * (sample - self.admitted_per_s)
             )
             self._window_admitted = 0
+            self._hold_the_objective(now, elapsed)
             self._window_start, self._window_done = now, 0
             self._window_min_in_flight = self.in_flight
+
+    def _hold_the_objective(self, now: float, elapsed: float) -> None:
+        """While a crowd of refused clients waits (at least ``saturation_images``: more than it takes
+        to keep the model's batches full, so turning more away costs no throughput) and the p99 of
+        the last ``TAIL_WINDOW_S`` of admitted requests is past the objective, admit 10 % less
+        expected wait each window (down to half); otherwise give back 5 % per ``window_s`` elapsed
+        (a replica left idle after an overload starts again at its whole limit). At the knee, where
+        a few clients are refused now and then, the line is left alone: a shorter one would only
+        turn more of them away."""
+        while self._latencies and self._latencies[0][0] < now - TAIL_WINDOW_S:
+            self._latencies.popleft()
+        if not self.latency_objective_s:
+            self.limit_factor = 1.0
+            return
+        tail = _p99([latency for _, latency in self._latencies])
+        crowd = self.waiting() >= self.saturation_images
+        if crowd and tail is not None and tail > self.latency_objective_s:
+            self.limit_factor = max(0.5, self.limit_factor * 0.9)
+        else:
+            self.limit_factor = min(1.0, self.limit_factor + 0.05 * elapsed / self._window_s)
+
+
+TAIL_WINDOW_S = 3.0
+
+
+def _p99(values: list[float]) -> float | None:
+    if len(values) < 20:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]

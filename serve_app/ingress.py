@@ -176,6 +176,7 @@ class ImageIngress:
             self._tuning.max_expected_wait_s,
             2 * self._tuning.max_images_per_model_call,
             self._tuning.max_retry_after_s,
+            self._tuning.latency_objective_s,
         )
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive

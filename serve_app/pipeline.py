@@ -117,7 +117,7 @@ class ClassificationPipeline:
         self._count(count, Overloaded.code)
         wait = self.admission.expected_wait_s(count)
         raise Overloaded(
-            f"overloaded: the expected wait ({wait:.2f}s) exceeds {self.admission.max_wait_s:.2f}s; "
+            f"overloaded: the expected wait ({wait:.2f}s) exceeds {self.admission.wait_limit_s:.2f}s; "
             f"retry after {retry_after}s",
             retry_after,
         )
@@ -128,10 +128,11 @@ class ClassificationPipeline:
         retry_after = self.admission.try_admit(count)
         if retry_after is not None:
             self._refuse(count, retry_after)
+        admitted_at = time.perf_counter()
         try:
             yield
         finally:
-            self.admission.done(count)
+            self.admission.done(count, time.perf_counter() - admitted_at)
 
     @contextlib.contextmanager
     def _outcome(self, count: int):

@@ -104,6 +104,15 @@ class IngressTuning(BaseModel):
         "flight (at the rate this replica completes images) gets an immediate 503 with Retry-After; "
         "0 admits everything.",
     )
+    latency_objective_s: float = Field(
+        0.45,
+        ge=0.0,
+        le=60.0,
+        description="Admission under overload: while a crowd of refused clients waits (16 or more) "
+        "and the p99 of the admitted requests (admission to answer, last 3 s) is past this, the "
+        "expected wait admitted is lowered 10 % a window (to half at most), and given back when "
+        "not; 0 turns it off.",
+    )
     max_retry_after_s: int = Field(
         10,
         ge=1,

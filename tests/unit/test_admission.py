@@ -122,6 +122,8 @@ class Clients:
         self.adm, self.clock, self.dt = adm, clock, 1 / rate  # one image completes per step
         self.next_try: dict[int, float] = {}
         self.line: list[int] = []  # clients whose image is in flight, oldest first
+        self.admitted_at: dict[int, float] = {}
+        self.latencies: list[float] = []  # admitted -> answered, seconds
 
     def run(self, clients: int, seconds: float) -> tuple[int, int, list[int]]:
         """The refusals and admissions of the run, and the Retry-After values given."""
@@ -136,7 +138,9 @@ class Clients:
             self.clock.now += self.dt
             if self.line:
                 client = self.line.pop(0)
-                self.adm.done(1)
+                latency = self.clock.now - self.admitted_at.pop(client)
+                self.latencies.append(latency)
+                self.adm.done(1, latency)
                 if client < clients:
                     self.next_try[client] = self.clock.now
                 else:
@@ -146,6 +150,7 @@ class Clients:
                     retry_after = self.adm.try_admit(1)
                     if retry_after is None:
                         self.line.append(client)
+                        self.admitted_at[client] = self.clock.now
                         self.next_try[client] = float("inf")
                         admitted += 1
                     else:
@@ -185,3 +190,57 @@ def test_retry_after_follows_the_depth_of_the_overload_and_falls_back_to_a_secon
     # When the overload ends, a refusal says 1 s again within a few seconds.
     adaptive.run(clients=20, seconds=5)
     assert adaptive.adm.retry_after() == 1 and adaptive.adm.waiting() == 0
+
+
+def p99(values: list[float]) -> float:
+    return sorted(values)[int(0.99 * len(values))]
+
+
+def test_under_overload_the_admitted_tail_is_held_to_the_objective_and_the_limit_comes_back():
+    clock = Clock()
+    # ~30 images in flight at 100 img/s: admitted requests take ~0.3 s, past a 0.2 s objective.
+    held = learned(10, clock)
+    held.configure(0.3, 16, latency_objective_s=0.2)
+    clients = Clients(held, clock)
+    clients.run(clients=300, seconds=10)
+    clients.latencies.clear()
+    clients.run(clients=300, seconds=10)
+    assert held.limit_factor < 0.8 and p99(clients.latencies) < 0.25, (
+        held.limit_factor,
+        p99(clients.latencies),
+    )
+    # The overload over, the whole limit comes back: under a light load, or at the first request
+    # after an idle spell.
+    lowered = held.limit_factor
+    clients.run(clients=10, seconds=5)
+    assert held.limit_factor == 1.0
+    clients.run(clients=300, seconds=5)
+    assert held.limit_factor <= lowered + 0.1
+    clock.now += 30
+    held.refusal(1)
+    assert held.limit_factor == 1.0
+    # Without an objective the line stays at the limit, and the tail with it.
+    free = learned(10, clock)
+    free_clients = Clients(free, clock)
+    free_clients.run(clients=300, seconds=10)
+    assert free.limit_factor == 1.0 and p99(free_clients.latencies) > 0.28
+
+
+def test_a_long_tail_without_refusals_does_not_shorten_the_line():
+    """25 clients (0.25 s at 100 img/s, inside the 0.3 s limit): nobody is refused, so their load is
+    what the replica gets and a shorter line would only turn them away, whatever the objective."""
+    clock = Clock()
+    adm = learned(10, clock)
+    adm.configure(0.3, 16, latency_objective_s=0.2)
+    refused, admitted, _ = Clients(adm, clock).run(clients=25, seconds=10)
+    assert refused == 0 and admitted > 900 and adm.limit_factor == 1.0
+
+
+def test_at_the_knee_a_few_refusals_do_not_shorten_the_line():
+    """32 clients where ~30 fit: now and then one or two are refused and wait a second; that is no
+    crowd, so the tail's objective does not lower the limit (which would refuse more of them)."""
+    clock = Clock()
+    adm = learned(10, clock)
+    adm.configure(0.3, 16, latency_objective_s=0.2)
+    refused, admitted, _ = Clients(adm, clock).run(clients=32, seconds=10)
+    assert 0 < refused and admitted > 900 and adm.limit_factor == 1.0
