@@ -77,8 +77,15 @@ class Admission:
 
     @property
     def wait_limit_s(self) -> float:
-        """The expected wait admitted now: ``max_wait_s``, lowered while the tail is too long."""
-        return self.max_wait_s * self.limit_factor
+        """The expected wait admitted now: ``max_wait_s``, lowered while the tail is too long, but
+        never below a line that keeps the model's batches full (``saturation_images`` and a quarter
+        more) — a shorter line would lower the throughput and stop the rate from being learned."""
+        return self.max_wait_s * max(self.limit_factor, self._lowest_factor())
+
+    def _lowest_factor(self) -> float:
+        if not self.rate or not self.max_wait_s:
+            return 1.0
+        return min(1.0, max(0.5, 1.25 * self.saturation_images / self.rate / self.max_wait_s))
 
     def expected_wait_s(self, extra: int = 0) -> float:
         """Seconds until ``extra`` more images would be done behind those in flight (0 while the
@@ -160,7 +167,8 @@ class Admission:
         """While a crowd of refused clients waits (at least ``saturation_images``: more than it takes
         to keep the model's batches full, so turning more away costs no throughput) and the p99 of
         the last ``TAIL_WINDOW_S`` of admitted requests is past the objective, admit 10 % less
-        expected wait each window (down to half); otherwise give back 5 % per ``window_s`` elapsed
+        expected wait each window (down to half, or to the line that keeps the batches full: see
+        ``wait_limit_s``); otherwise give back 5 % per ``window_s`` elapsed
         (a replica left idle after an overload starts again at its whole limit). At the knee, where
         a few clients are refused now and then, the line is left alone: a shorter one would only
         turn more of them away."""
@@ -172,7 +180,7 @@ class Admission:
         tail = _p99([latency for _, latency in self._latencies])
         crowd = self.waiting() >= self.saturation_images
         if crowd and tail is not None and tail > self.latency_objective_s:
-            self.limit_factor = max(0.5, self.limit_factor * 0.9)
+            self.limit_factor = max(self._lowest_factor(), self.limit_factor * 0.9)
         else:
             self.limit_factor = min(1.0, self.limit_factor + 0.05 * elapsed / self._window_s)
 

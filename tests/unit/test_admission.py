@@ -212,7 +212,7 @@ def test_under_overload_the_admitted_tail_is_held_to_the_objective_and_the_limit
     # The overload over, the whole limit comes back: under a light load, or at the first request
     # after an idle spell.
     lowered = held.limit_factor
-    clients.run(clients=10, seconds=5)
+    clients.run(clients=10, seconds=8)
     assert held.limit_factor == 1.0
     clients.run(clients=300, seconds=5)
     assert held.limit_factor <= lowered + 0.1
