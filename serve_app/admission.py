@@ -20,6 +20,11 @@ client is told to come back at some time, so the promises not yet due are the cl
 ``max_retry_after_s``. Under a deep overload the retries then arrive at about the rate the replica
 admits instead of costing it most of its CPU; under a light one the answer stays 1 s.
 
+Under such a deep overload (a crowd of refused clients waiting) the admitted requests' p99, measured
+from admission to answer, is held to ``latency_objective_s`` by lowering the expected wait admitted,
+never below a line that keeps the model's batches full; at the knee, where only a few clients are
+refused, the line is left as it is (``_hold_the_objective``).
+
 Pure Python (no Ray, no web stack): the clock is injectable for unit tests.
 """
 
@@ -46,7 +51,7 @@ class Admission:
         self.max_wait_s = max_wait_s
         self.max_retry_after_s = max_retry_after_s
         self.latency_objective_s = latency_objective_s
-        self.limit_factor = 1.0  # below 1 while refusing and the admitted tail is past the objective
+        self.limit_factor = 1.0  # below 1 while a crowd waits and the admitted tail is past the objective
         self._latencies: deque[tuple[float, float]] = deque()  # (done at, admitted -> done seconds)
         self.saturation_images = saturation_images
         self._promised: deque[float] = deque()  # when each refused client was told to come back
@@ -168,8 +173,8 @@ class Admission:
         to keep the model's batches full, so turning more away costs no throughput) and the p99 of
         the last ``TAIL_WINDOW_S`` of admitted requests is past the objective, admit 10 % less
         expected wait each window (down to half, or to the line that keeps the batches full: see
-        ``wait_limit_s``); otherwise give back 5 % per ``window_s`` elapsed
-        (a replica left idle after an overload starts again at its whole limit). At the knee, where
+        ``wait_limit_s``); otherwise give back 5 % per ``window_s`` elapsed (a replica left idle
+        after an overload starts again at its whole limit). At the knee, where
         a few clients are refused now and then, the line is left alone: a shorter one would only
         turn more of them away."""
         while self._latencies and self._latencies[0][0] < now - TAIL_WINDOW_S:

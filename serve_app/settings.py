@@ -119,8 +119,8 @@ class IngressTuning(BaseModel):
         10,
         ge=1,
         le=300,
-        description="Admission: the longest Retry-After; under a deep overload it grows towards when "
-        "the refused clients would get a turn (refusals / admissions × the Retry-After they were "
-        "given); 1 always answers 1 s (or the time the line in flight takes to drain).",
+        description="Admission: the longest Retry-After. A refused client is told when its turn "
+        "would come: (refused clients not yet due + 1) / requests admitted per second, rounded up, "
+        "at least 1 s; 1 here always answers 1 s (or the time the line in flight takes to drain).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
