@@ -153,20 +153,15 @@ class Admission:
         elapsed = now - self._window_start
         if elapsed >= self._window_s:
             if self._window_min_in_flight >= self.saturation_images and self._window_done:
-                sample = self._window_done / elapsed
-                self.rate = (
-                    sample if self.rate is None else self.rate + self._smoothing * (sample - self.rate)
-                )
-            sample = self._window_admitted / elapsed
-            self.admitted_per_s = (
-                sample
-                if self.admitted_per_s is None
-                else self.admitted_per_s + self._smoothing * (sample - self.admitted_per_s)
-            )
+                self.rate = self._smoothed(self.rate, self._window_done / elapsed)
+            self.admitted_per_s = self._smoothed(self.admitted_per_s, self._window_admitted / elapsed)
             self._window_admitted = 0
             self._hold_the_objective(now, elapsed)
             self._window_start, self._window_done = now, 0
             self._window_min_in_flight = self.in_flight
+
+    def _smoothed(self, previous: float | None, sample: float) -> float:
+        return sample if previous is None else previous + self._smoothing * (sample - previous)
 
     def _hold_the_objective(self, now: float, elapsed: float) -> None:
         """While a crowd of refused clients waits (at least ``saturation_images``: more than it takes
@@ -174,9 +169,9 @@ class Admission:
         the last ``TAIL_WINDOW_S`` of admitted requests is past the objective, admit 10 % less
         expected wait each window (down to half, or to the line that keeps the batches full: see
         ``wait_limit_s``); otherwise give back 5 % per ``window_s`` elapsed (a replica left idle
-        after an overload starts again at its whole limit). At the knee, where
-        a few clients are refused now and then, the line is left alone: a shorter one would only
-        turn more of them away."""
+        after an overload starts again at its whole limit). At the knee, where a few clients are
+        refused now and then, the line is left alone: a shorter one would only turn more of them
+        away."""
         while self._latencies and self._latencies[0][0] < now - TAIL_WINDOW_S:
             self._latencies.popleft()
         if not self.latency_objective_s:

@@ -186,7 +186,7 @@ def test_retry_after_follows_the_depth_of_the_overload_and_falls_back_to_a_secon
     # As capped: never above max_retry_after_s.
     capped = Clients(learned(2, clock), clock)
     capped.run(clients=300, seconds=5)
-    assert set(capped.run(clients=300, seconds=5)[2]) <= {1, 2}
+    assert set(capped.run(clients=300, seconds=5)[2]) == {2}  # it would say 3 s, the cap says 2
     # When the overload ends, a refusal says 1 s again within a few seconds.
     adaptive.run(clients=20, seconds=5)
     assert adaptive.adm.retry_after() == 1 and adaptive.adm.waiting() == 0
