@@ -25,6 +25,10 @@ from admission to answer, is held to ``latency_objective_s`` by lowering the exp
 never below a line that keeps the model's batches full; at the knee, where only a few clients are
 refused, the line is left as it is (``_hold_the_objective``).
 
+Once per window the state is handed to ``on_window`` (the ingress exports it as gauges: the wait
+admitted now, the expected wait, the images in flight, the refused clients waiting, the learned
+rate), so an operator sees why requests are refused.
+
 Pure Python (no Ray, no web stack): the clock is injectable for unit tests.
 """
 
@@ -47,6 +51,7 @@ class Admission:
         window_s: float = 0.5,
         smoothing: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
+        on_window: Callable[[Admission], None] | None = None,
     ):
         self.max_wait_s = max_wait_s
         self.max_retry_after_s = max_retry_after_s
@@ -60,6 +65,7 @@ class Admission:
         self._window_s = window_s
         self._smoothing = smoothing
         self._clock = clock
+        self.on_window = on_window
         self.in_flight = 0
         self.rate: float | None = None  # images/s when saturated; None until first measured
         self._window_start = clock()
@@ -159,6 +165,13 @@ class Admission:
             self._hold_the_objective(now, elapsed)
             self._window_start, self._window_done = now, 0
             self._window_min_in_flight = self.in_flight
+            if self.on_window is not None:
+                self.on_window(self)
+
+    def tick(self) -> None:
+        """Close the window if its time is up, without a request (an idle replica's periodic call, so
+        ``on_window`` keeps reporting and an overload's lowered limit is given back)."""
+        self._tick()
 
     def _smoothed(self, previous: float | None, sample: float) -> float:
         return sample if previous is None else previous + self._smoothing * (sample - previous)

@@ -163,7 +163,9 @@ class ImageIngress:
             metrics=ingress_metrics(),
             model_name=settings.model_name,
             group=self._group,
-            admission=Admission(self._tuning.max_expected_wait_s),
+            admission=Admission(
+                self._tuning.max_expected_wait_s, on_window=ingress_metrics().observe_admission
+            ),
         )
 
     def reconfigure(self, user_config: dict) -> None:
@@ -178,6 +180,13 @@ class ImageIngress:
             self._tuning.max_retry_after_s,
             self._tuning.latency_objective_s,
         )
+
+    def check_health(self) -> None:
+        # An idle replica closes no admission window by itself: close it here, so a limit lowered by
+        # an overload is given back and the admission gauges stay exported (Ray drops a gauge ~30 s
+        # after its last update).
+        self._pipeline.admission.tick()
+        ingress_metrics().observe_admission(self._pipeline.admission)
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.

@@ -11,9 +11,14 @@ use quantiles from the (exact) bucket counts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from serve_app.batching import BatchInfo
+
+if TYPE_CHECKING:
+    from serve_app.admission import Admission
 
 # Measured on a 2-core x86 VM: decode+crop 1-10 ms for VGA-sized photos, ~40 ms for 12 MP JPEGs;
 # a mobilenet_v2 batch 10-300 ms. Buckets cover 1 ms .. 10 s.
@@ -48,6 +53,39 @@ class IngressMetrics:
             boundaries=LATENCY_BUCKETS_S,
             tag_keys=("model",),
         )
+        # Admission (admission.py), set once per 0.5 s window and on every health check.
+        self.admission_wait_limit = Gauge(
+            "classifier_admission_wait_limit_seconds",
+            description="Admission: the longest expected wait admitted now (max_expected_wait_s, "
+            "lower while a crowd of refused clients waits and the admitted p99 is past "
+            "latency_objective_s).",
+        )
+        self.admission_expected_wait = Gauge(
+            "classifier_admission_expected_wait_seconds",
+            description="Admission: images in flight / the learned saturated rate; a request is "
+            "refused when its images would take this past the wait limit (0 until the rate is learned).",
+        )
+        self.admission_in_flight = Gauge(
+            "classifier_admission_images_in_flight",
+            description="Admission: images admitted by this ingress replica and not yet answered.",
+        )
+        self.admission_waiting = Gauge(
+            "classifier_admission_waiting_clients",
+            description="Admission: refused clients told (Retry-After) to come back later than now.",
+        )
+        self.admission_rate = Gauge(
+            "classifier_admission_rate_images_per_second",
+            description="Admission: images per second this ingress replica's images complete at when "
+            "saturated, learned from the traffic; absent until the first saturated window.",
+        )
+
+    def observe_admission(self, admission: Admission) -> None:
+        self.admission_wait_limit.set(admission.wait_limit_s)
+        self.admission_expected_wait.set(admission.expected_wait_s())
+        self.admission_in_flight.set(admission.in_flight)
+        self.admission_waiting.set(admission.waiting())
+        if admission.rate:
+            self.admission_rate.set(admission.rate)
 
 
 class ModelMetrics:

@@ -287,6 +287,55 @@ ROWS: list[tuple[str, list[tuple]]] = [
         ],
     ),
     (
+        "Admission",
+        [
+            (
+                "Expected wait against the admission limit",
+                "timeseries",
+                "s",
+                [
+                    (
+                        f"max by (replica) (ray_classifier_admission_expected_wait_seconds{{{F}}})",
+                        "{{replica}} expected wait",
+                    ),
+                    (
+                        f"max by (replica) (ray_classifier_admission_wait_limit_seconds{{{F}}})",
+                        "{{replica}} limit",
+                    ),
+                ],
+                12,
+                8,
+                (
+                    "Per ingress replica: how long a new request's images would wait behind those in "
+                    "flight (images in flight / the learned saturated rate), and the longest wait it "
+                    "admits (max_expected_wait_s, lowered under a deep overload to hold "
+                    "latency_objective_s). Past the limit, requests get an immediate 503 with Retry-After."
+                ),
+            ),
+            (
+                "Images in flight and refused clients waiting",
+                "timeseries",
+                "short",
+                [
+                    (
+                        f"sum by (replica) (ray_classifier_admission_images_in_flight{{{F}}})",
+                        "{{replica}} images in flight",
+                    ),
+                    (
+                        f"sum by (replica) (ray_classifier_admission_waiting_clients{{{F}}})",
+                        "{{replica}} refused clients waiting",
+                    ),
+                ],
+                12,
+                8,
+                (
+                    "Per ingress replica: images admitted and not yet answered, and refused clients told "
+                    "by Retry-After to come back later than now (a crowd of them is a deep overload)."
+                ),
+            ),
+        ],
+    ),
+    (
         "Replicas and pods",
         [
             (

@@ -244,3 +244,45 @@ def test_at_the_knee_a_few_refusals_do_not_shorten_the_line():
     adm.configure(0.3, 16, latency_objective_s=0.2)
     refused, admitted, _ = Clients(adm, clock).run(clients=32, seconds=10)
     assert 0 < refused and admitted > 900 and adm.limit_factor == 1.0
+
+
+def test_each_window_reports_the_state_an_operator_needs_and_an_idle_tick_gives_the_limit_back():
+    """What the ingress exports as gauges (``on_window``): once per window, the limit (lowered under
+    a deep overload), the expected wait, the images in flight, the refused clients waiting and the
+    learned rate; the health check's ``tick`` keeps reporting without traffic."""
+    clock = Clock()
+    reports: list[dict] = []
+
+    def report(adm: Admission) -> None:
+        reports.append(
+            {
+                "limit": adm.wait_limit_s,
+                "expected": adm.expected_wait_s(),
+                "in_flight": adm.in_flight,
+                "waiting": adm.waiting(),
+                "rate": adm.rate,
+            }
+        )
+
+    adm = learned(10, clock)
+    adm.configure(0.3, 16, latency_objective_s=0.2)
+    adm.on_window = report
+    clients = Clients(adm, clock)
+    clients.run(clients=300, seconds=10)
+    # About one report per 0.5 s window of the 10 s (the windows close on the clients' calls).
+    assert 18 <= len(reports) <= 21, len(reports)
+    overload = reports[-1]
+    assert overload["rate"] == pytest.approx(100, rel=0.1)
+    assert overload["waiting"] > 200 and overload["in_flight"] >= 16
+    assert overload["limit"] < 0.3 * 0.8  # lowered to hold the 0.2 s objective
+    assert overload["expected"] == pytest.approx(overload["in_flight"] / overload["rate"])
+    # The clients gone and the line drained, nothing calls the admission; the health check's tick
+    # closes the window: the refused clients' promises have come due and the limit is whole again.
+    while adm.in_flight:
+        adm.done(1)
+    reports.clear()
+    clock.now += 15
+    adm.tick()
+    assert reports == [{"limit": 0.3, "expected": 0.0, "in_flight": 0, "waiting": 0, "rate": adm.rate}]
+    adm.tick()  # within the same window: nothing to report
+    assert len(reports) == 1
