@@ -36,7 +36,7 @@ import psutil
 import requests
 import yaml
 
-from bench.pipeline import PipelineSpec, measure
+from bench.pipeline import BATCH_SIZES, PipelineSpec, measure
 from harness.ray_cluster import RayCluster, cluster_processes, serve_env
 from loadtest.images import phone_jpeg, small_jpeg
 
@@ -669,7 +669,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.duration = a.duration or (1.5 if smoke else 15.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if smoke else 3.0)
     a.pipeline_seconds = a.pipeline_seconds or (0.5 if smoke else 4.0)
-    a.batch_sizes = a.batch_sizes or ([1, 4] if smoke else [1, 4, 8, 16, 32])
+    a.batch_sizes = a.batch_sizes or ([1, 4] if smoke else list(BATCH_SIZES))
     a.idle_seconds = a.idle_seconds or (1.0 if smoke else 10.0)
     return a
 
