@@ -88,7 +88,8 @@ class IngressTuning(BaseModel):
         8,
         ge=1,
         le=512,
-        description="Decoded images sent to the model in one call; keep <= the model's max_batch_size.",
+        description="Decoded images sent to the model in one call; a call larger than the model's "
+        "max_batch_size runs in consecutive batches (fewer, fuller calls cost less per image).",
     )
     model_call_wait_s: float = Field(
         0.002,

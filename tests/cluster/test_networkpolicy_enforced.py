@@ -369,13 +369,13 @@ def test_egress_pods_resolve_names_and_reach_nothing_else_outside_the_release(re
 def test_the_operator_applies_a_changed_user_config_through_the_dashboard(release, tmp_path):
     """An in-place update: the operator PUTs the new Serve config to the head's dashboard (port 8265,
     open to kuberay-system only) and the model deployment runs with it."""
-    values = tmp_path / "batch4.yaml"
+    values = tmp_path / "batch8.yaml"
     values.write_text(
         yaml.safe_dump(
             {
                 "serveConfig": {
                     "deploymentOverrides": [
-                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}
+                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 8}}}
                     ]
                 }
             }
@@ -396,7 +396,7 @@ def test_the_operator_applies_a_changed_user_config_through_the_dashboard(releas
         "networkPolicy.enabled=true",
     )
     wait_for(
-        lambda: model_user_config(release).get("max_batch_size") == 4,
+        lambda: model_user_config(release).get("max_batch_size") == 8,
         300,
         "the new user_config applied by the operator",
         poll_s=5,

@@ -228,21 +228,21 @@ def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path)
                 "image": {"tag": new_tag},
                 "serveConfig": {
                     "deploymentOverrides": [
-                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 4}}}
+                        {"name": "ImageClassifier", "set": {"user_config": {"max_batch_size": 8}}}
                     ]
                 },
             }
         )
     )
-    assert model_user_config(dev)["max_batch_size"] == 8
+    assert model_user_config(dev)["max_batch_size"] == 4
     steps = [
         (
             "upgrade 1.0 -> 1.1",
             ("upgrade", RELEASE, str(CHART), "-n", dev, "-f", str(REPO / VALUES[0]), "-f", str(v11)),
             new_tag,
-            4,
+            8,
         ),
-        ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", dev), old_tag, 8),
+        ("rollback 1.1 -> 1.0", ("rollback", RELEASE, "1", "-n", dev), old_tag, 4),
     ]
     with gateway(f"{NAME}-serve-svc.{dev}.svc.cluster.local:8000", image) as port:
         wait_http_ok(f"http://127.0.0.1:{port}/ready")

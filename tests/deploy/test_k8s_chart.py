@@ -1336,7 +1336,7 @@ def test_deployment_mode_runs_the_charts_serve_config_with_the_overrides():
     document a RayService gets as serveConfigV2), and a change to it rolls the pods."""
     override = (
         "serveConfig.deploymentOverrides[0].name=ImageClassifier",
-        "serveConfig.deploymentOverrides[0].set.user_config.max_batch_size=4",
+        "serveConfig.deploymentOverrides[0].set.user_config.max_batch_size=8",
     )
     docs = render_with(*CASES["deployment"], *(a for o in override for a in ("--set", o)))
     deployment = one(docs, "Deployment")
@@ -1351,7 +1351,7 @@ def test_deployment_mode_runs_the_charts_serve_config_with_the_overrides():
     assert env["SERVE_CONFIG_FILE"] == f"{mounts['serve-config']}/serve_config.yaml"
     served = yaml.safe_load(config_map["data"]["serve_config.yaml"])
     [model] = [d for d in served["applications"][0]["deployments"] if d["name"] == "ImageClassifier"]
-    assert model["user_config"]["max_batch_size"] == 4
+    assert model["user_config"]["max_batch_size"] == 8
     plain = one(render("deployment"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert (
         deployment["spec"]["template"]["metadata"]["annotations"]["checksum/settings"]

@@ -67,6 +67,23 @@ def test_what_queues_while_a_batch_runs_fills_the_next_batches_in_order():
     assert [r[:, 0].tolist() for r in results] == [[0], [10, 20, 30], [40, 50], [60, 70, 80, 90], [100]]
 
 
+def test_a_call_larger_than_a_batch_runs_in_consecutive_batches():
+    """The ingress's calls carry up to 8 images while the model's batches take 4 (serve_config.yaml):
+    one call's images fill the next batches and come back in order, as one result."""
+
+    async def scenario():
+        model = FakeModel()
+        batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=0.0)
+        first, later = await behind_a_running_batch(batcher, model, tuple(range(1, 9)), (9,))
+        model.release.set()
+        results = await asyncio.gather(first, *later)
+        return model.batches, results
+
+    batches, results = asyncio.run(scenario())
+    assert batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert [r[:, 0].tolist() for r in results] == [[0], [10, 20, 30, 40, 50, 60, 70, 80], [90]]
+
+
 def test_a_lone_image_waits_for_company_at_most_the_timeout():
     async def scenario():
         model = FakeModel()

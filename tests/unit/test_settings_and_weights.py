@@ -79,14 +79,3 @@ def test_local_file_weights_with_sha(tmp_path):
 def test_prefetch_cli_works_offline_from_the_cache(capsys):
     assert weights.main(["prefetch", "--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1"]) == 0
     assert "IMAGENET1K_V1" in capsys.readouterr().out
-
-
-def test_serve_config_groups_fit_the_model_batch():
-    """The ingress never sends a model call larger than the model's batch (Serve would refuse it)."""
-    from harness.ray_cluster import load_serve_config
-    from serve_app.settings import IngressTuning
-
-    deployments = {d["name"]: d for d in load_serve_config()["applications"][0]["deployments"]}
-    ingress = IngressTuning.model_validate(deployments["ImageIngress"]["user_config"])
-    model = ModelTuning.model_validate(deployments["ImageClassifier"]["user_config"])
-    assert ingress.max_images_per_model_call <= model.max_batch_size
