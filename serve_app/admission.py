@@ -160,7 +160,10 @@ class Admission:
         if elapsed >= self._window_s:
             if self._window_min_in_flight >= self.saturation_images and self._window_done:
                 self.rate = self._smoothed(self.rate, self._window_done / elapsed)
-            self.admitted_per_s = self._smoothed(self.admitted_per_s, self._window_admitted / elapsed)
+            if self._window_admitted or self.waiting():
+                # An idle window (nothing asked, nobody waiting) says nothing about the rate a crowd
+                # would be admitted at: the health check's ticks must not wear the estimate down.
+                self.admitted_per_s = self._smoothed(self.admitted_per_s, self._window_admitted / elapsed)
             self._window_admitted = 0
             self._hold_the_objective(now, elapsed)
             self._window_start, self._window_done = now, 0

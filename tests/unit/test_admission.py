@@ -286,3 +286,10 @@ def test_each_window_reports_the_state_an_operator_needs_and_an_idle_tick_gives_
     assert reports == [{"limit": 0.3, "expected": 0.0, "in_flight": 0, "waiting": 0, "rate": adm.rate}]
     adm.tick()  # within the same window: nothing to report
     assert len(reports) == 1
+    # An hour of idle health checks (every 10 s) keeps the admissions-per-second estimate that the
+    # next crowd's Retry-After is computed from.
+    before = adm.admitted_per_s
+    for _ in range(360):
+        clock.now += 10
+        adm.tick()
+    assert before > 50 and adm.admitted_per_s == before
