@@ -108,7 +108,7 @@ class Admission:
     def refusal(self, images: int) -> int | None:
         """The ``Retry-After`` seconds if ``images`` more would wait too long now, else None (nothing
         is admitted: a peek, for refusing a request before its body is read; a refusal is counted)."""
-        self._tick()
+        self.tick()
         if self.max_wait_s > 0 and self.in_flight and self.expected_wait_s(images) > self.wait_limit_s:
             # At least when the line now in flight has drained, and a second (the header has no
             # fraction); longer while more clients wait for a turn than the replica admits in one.
@@ -147,34 +147,34 @@ class Admission:
     def done(self, images: int, latency_s: float | None = None) -> None:
         """``images`` admitted earlier are answered (or failed) ``latency_s`` after their admission:
         they leave the line."""
-        self._tick()
+        self.tick()
         if latency_s is not None:
             self._latencies.append((self._clock(), latency_s))
         self.in_flight -= images
         self._window_done += images
         self._window_min_in_flight = min(self._window_min_in_flight, self.in_flight)
 
-    def _tick(self) -> None:
+    def tick(self) -> bool:
+        """Close the window if its time is up (every request does; an idle replica's periodic call
+        too, so ``on_window`` keeps reporting and an overload's lowered limit is given back).
+        True if a window closed (``on_window`` was called)."""
         now = self._clock()
         elapsed = now - self._window_start
-        if elapsed >= self._window_s:
-            if self._window_min_in_flight >= self.saturation_images and self._window_done:
-                self.rate = self._smoothed(self.rate, self._window_done / elapsed)
-            if self._window_admitted or self.waiting():
-                # An idle window (nothing asked, nobody waiting) says nothing about the rate a crowd
-                # would be admitted at: the health check's ticks must not wear the estimate down.
-                self.admitted_per_s = self._smoothed(self.admitted_per_s, self._window_admitted / elapsed)
-            self._window_admitted = 0
-            self._hold_the_objective(now, elapsed)
-            self._window_start, self._window_done = now, 0
-            self._window_min_in_flight = self.in_flight
-            if self.on_window is not None:
-                self.on_window(self)
-
-    def tick(self) -> None:
-        """Close the window if its time is up, without a request (an idle replica's periodic call, so
-        ``on_window`` keeps reporting and an overload's lowered limit is given back)."""
-        self._tick()
+        if elapsed < self._window_s:
+            return False
+        if self._window_min_in_flight >= self.saturation_images and self._window_done:
+            self.rate = self._smoothed(self.rate, self._window_done / elapsed)
+        if self._window_admitted or self.waiting():
+            # An idle window (nothing asked, nobody waiting) says nothing about the rate a crowd
+            # would be admitted at: the health check's ticks must not wear the estimate down.
+            self.admitted_per_s = self._smoothed(self.admitted_per_s, self._window_admitted / elapsed)
+        self._window_admitted = 0
+        self._hold_the_objective(now, elapsed)
+        self._window_start, self._window_done = now, 0
+        self._window_min_in_flight = self.in_flight
+        if self.on_window is not None:
+            self.on_window(self)
+        return True
 
     def _smoothed(self, previous: float | None, sample: float) -> float:
         return sample if previous is None else previous + self._smoothing * (sample - previous)

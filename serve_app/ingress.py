@@ -185,8 +185,9 @@ class ImageIngress:
         # An idle replica closes no admission window by itself: close it here, so a limit lowered by
         # an overload is given back and the admission gauges stay exported (Ray drops a gauge ~30 s
         # after its last update).
-        self._pipeline.admission.tick()
-        ingress_metrics().observe_admission(self._pipeline.admission)
+        admission = self._pipeline.admission
+        if not admission.tick():  # a closed window has reported itself through ``on_window``
+            ingress_metrics().observe_admission(admission)
 
     # Many model calls may be in flight (one per group); the wait only collects images that arrive
     # together, so a lone request pays at most ``model_call_wait_s``.

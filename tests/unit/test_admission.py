@@ -282,9 +282,9 @@ def test_each_window_reports_the_state_an_operator_needs_and_an_idle_tick_gives_
         adm.done(1)
     reports.clear()
     clock.now += 15
-    adm.tick()
+    assert adm.tick()  # a window closed, and reported itself
     assert reports == [{"limit": 0.3, "expected": 0.0, "in_flight": 0, "waiting": 0, "rate": adm.rate}]
-    adm.tick()  # within the same window: nothing to report
+    assert not adm.tick()  # within the same window: nothing to report (the ingress reports itself)
     assert len(reports) == 1
     # An hour of idle health checks (every 10 s) keeps the admissions-per-second estimate that the
     # next crowd's Retry-After is computed from.
