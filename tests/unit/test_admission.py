@@ -293,3 +293,30 @@ def test_each_window_reports_the_state_an_operator_needs_and_an_idle_tick_gives_
         clock.now += 10
         adm.tick()
     assert before > 50 and adm.admitted_per_s == before
+
+
+def test_the_ingress_health_check_reports_the_admission_once_per_check(monkeypatch):
+    """``ImageIngress.check_health`` (Serve calls it every 10 s): when its tick closes a window, the
+    window reports itself through ``on_window`` and nothing more is set; within a window, the check
+    reports the admission itself, so an idle replica's gauges never go stale."""
+    from types import SimpleNamespace
+
+    from serve_app import ingress
+
+    reports: list[Admission] = []
+    gauges = SimpleNamespace(observe_admission=reports.append)
+    check_health = ingress.ImageIngress.func_or_class.check_health
+    # Serve's ingress wrapper holds a copy of the class, with its own module globals.
+    monkeypatch.setitem(check_health.__globals__, "ingress_metrics", lambda: gauges)
+    clock = Clock()
+    adm = Admission(0.35, clock=clock, on_window=gauges.observe_admission)
+    replica = SimpleNamespace(_pipeline=SimpleNamespace(admission=adm))
+
+    clock.now += 10
+    check_health(replica)
+    assert reports == [adm]
+    check_health(replica)  # the same window
+    assert reports == [adm, adm]
+    clock.now += 10
+    check_health(replica)
+    assert len(reports) == 3
