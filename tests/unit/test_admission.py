@@ -303,20 +303,21 @@ def test_the_ingress_health_check_reports_the_admission_once_per_check(monkeypat
 
     from serve_app import ingress
 
-    reports: list[Admission] = []
-    gauges = SimpleNamespace(observe_admission=reports.append)
+    by_window: list[Admission] = []  # what ``on_window`` reported
+    by_check: list[Admission] = []  # what the health check set itself
+    gauges = SimpleNamespace(observe_admission=by_check.append)
     check_health = ingress.ImageIngress.func_or_class.check_health
     # Serve's ingress wrapper holds a copy of the class, with its own module globals.
     monkeypatch.setitem(check_health.__globals__, "ingress_metrics", lambda: gauges)
     clock = Clock()
-    adm = Admission(0.35, clock=clock, on_window=gauges.observe_admission)
+    adm = Admission(0.35, clock=clock, on_window=by_window.append)
     replica = SimpleNamespace(_pipeline=SimpleNamespace(admission=adm))
 
     clock.now += 10
-    check_health(replica)
-    assert reports == [adm]
-    check_health(replica)  # the same window
-    assert reports == [adm, adm]
+    check_health(replica)  # closes a window: reported once, by the window
+    assert (by_window, by_check) == ([adm], [])
+    check_health(replica)  # the same window: the check reports itself
+    assert (by_window, by_check) == ([adm], [adm])
     clock.now += 10
     check_health(replica)
-    assert len(reports) == 3
+    assert (by_window, by_check) == ([adm, adm], [adm])
