@@ -2,7 +2,7 @@
 
     python -m bench.ab serve_config.yaml candidate.yaml [more.yaml ...]
                        [--rounds 6] [--concurrency 8 32] [--duration 15] [--warmup 2]
-                       [--env K=V ...] [--out artifacts/bench] [--label ab]
+                       [--env K=V ...] [--env-of N K=V ...] [--out artifacts/bench] [--label ab]
 
 A shared VM's speed drifts by tens of percent within minutes (``bench.serving`` prints a probe of it),
 so two configs measured one after the other compare the host as much as the configs. Here every
@@ -13,6 +13,10 @@ honouring ``Retry-After``), in the opposite order on odd rounds. An idle cluster
 processes' CPU, the same for all configs. Prints each measurement and, per config and concurrency,
 the median of the rounds and how many rounds it served more than the first config (the baseline);
 writes ``<label>.json`` into ``--out``.
+
+``--env`` sets a Ray process setting for every cluster; ``--env-of N K=V`` for the N-th config's
+cluster only (1 is the baseline), so a process setting is compared with the same Serve config given
+twice: ``python -m bench.ab serve_config.yaml serve_config.yaml --env-of 2 RAY_SERVE_HAPROXY_NBTHREAD=1``.
 """
 
 from __future__ import annotations
@@ -40,12 +44,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
     p.add_argument("--env", action="append", default=[], help="K=V for every cluster's Ray processes")
+    p.add_argument(
+        "--env-of",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("N", "K=V"),
+        help="K=V for the N-th config's cluster only (1 = the baseline)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
     p.add_argument("--label", default="ab")
     args = p.parse_args(argv)
     if len(args.configs) < 2:
         p.error("give at least two configs to compare")
+    args.config_env = [{} for _ in args.configs]
+    for n, kv in args.env_of:
+        if not n.isdigit() or not 1 <= int(n) <= len(args.configs) or "=" not in kv:
+            p.error(f"--env-of {n} {kv}: N is 1..{len(args.configs)}, then K=V")
+        key, value = kv.split("=", 1)
+        args.config_env[int(n) - 1][key] = value
     return args
+
+
+def config_names(configs: list[Path], config_env: list[dict[str, str]]) -> list[str]:
+    """A name per config: its path, and the settings only its cluster has; the same name twice is refused."""
+    names = [
+        str(path) + "".join(f" {k}={v}" for k, v in sorted(env.items()))
+        for path, env in zip(configs, config_env, strict=True)
+    ]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"two configs would be measured alike: {names}")
+    return names
 
 
 def row_of(run: dict) -> dict:
@@ -95,12 +124,12 @@ def main(argv=None) -> int:
     image = args.out / "bench_500x375.jpg"
     image.write_bytes(small_jpeg())
     env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}
-    names = [str(c) for c in args.configs]
+    names = config_names(args.configs, args.config_env)
     results: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in args.concurrency} for n in names}
     with contextlib.ExitStack() as stack:
         clusters = []
-        for name, path in zip(names, args.configs, strict=True):
-            cluster = stack.enter_context(RayCluster(num_cpus=2, env=env))
+        for name, path, own_env in zip(names, args.configs, args.config_env, strict=True):
+            cluster = stack.enter_context(RayCluster(num_cpus=2, env={**env, **own_env}))
             cluster.deploy(yaml.safe_load(path.read_text()))
             wait_ready(cluster.serve_url)
             warm_up(cluster.serve_url, [small_jpeg()], 10)
@@ -149,6 +178,8 @@ def main(argv=None) -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": " ".join(["python -m bench.ab", *sys.argv[1:]]),
                 "rounds": args.rounds,
+                "env": env,
+                "env_of": dict(zip(names, args.config_env, strict=True)),
                 "duration_s": args.duration,
                 "runs": results,
                 "summary": summary,

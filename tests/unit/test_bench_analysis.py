@@ -153,3 +153,19 @@ def test_ab_row_counts_errors_and_takes_the_servers_cpu_per_image():
     assert row_of({**run, "shed": 0, "shed_p99_ms": float("nan")})["shed_p99_ms"] is None
     assert row_of(run)["cpu_ms_per_image"] is None  # no server CPU measured (no temp dir)
     assert row_of({**run, "server_cpu_cores": {"total": 1.8}})["cpu_ms_per_image"] == 18.0
+
+
+def test_ab_gives_a_process_setting_to_one_config_and_names_it_apart():
+    from bench.ab import config_names, parse_args
+
+    args = parse_args(
+        ["a.yaml", "a.yaml", "b.yaml", "--env", "X=1", "--env-of", "2", "RAY_Y=4", "--env-of", "2", "Z=a=b"]
+    )
+    assert args.config_env == [{}, {"RAY_Y": "4", "Z": "a=b"}, {}]
+    assert config_names(args.configs, args.config_env) == ["a.yaml", "a.yaml RAY_Y=4 Z=a=b", "b.yaml"]
+    twice = parse_args(["a.yaml", "a.yaml"])
+    with pytest.raises(SystemExit):  # the same config twice with nothing to tell them apart
+        config_names(twice.configs, twice.config_env)
+    for bad in (["--env-of", "3", "K=V"], ["--env-of", "0", "K=V"], ["--env-of", "1", "K"]):
+        with pytest.raises(SystemExit):
+            parse_args(["a.yaml", "b.yaml", *bad])
