@@ -63,18 +63,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--env-of {n} {kv}: N is 1..{len(args.configs)}, then K=V")
         key, value = kv.split("=", 1)
         args.config_env[int(n) - 1][key] = value
+    args.names = config_names(args.configs, args.config_env)
+    if len(set(args.names)) != len(args.names):
+        p.error(f"two configs would be measured alike: {args.names}")
     return args
 
 
 def config_names(configs: list[Path], config_env: list[dict[str, str]]) -> list[str]:
-    """A name per config: its path, and the settings only its cluster has; the same name twice is refused."""
-    names = [
+    """A name per config: its path, and the settings only its cluster has."""
+    return [
         str(path) + "".join(f" {k}={v}" for k, v in sorted(env.items()))
         for path, env in zip(configs, config_env, strict=True)
     ]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"two configs would be measured alike: {names}")
-    return names
 
 
 def row_of(run: dict) -> dict:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     image = args.out / "bench_500x375.jpg"
     image.write_bytes(small_jpeg())
     env = {**serve_env(), **dict(kv.split("=", 1) for kv in args.env)}
-    names = config_names(args.configs, args.config_env)
+    names = args.names
     results: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in args.concurrency} for n in names}
     with contextlib.ExitStack() as stack:
         clusters = []

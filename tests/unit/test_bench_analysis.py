@@ -156,16 +156,23 @@ def test_ab_row_counts_errors_and_takes_the_servers_cpu_per_image():
 
 
 def test_ab_gives_a_process_setting_to_one_config_and_names_it_apart():
-    from bench.ab import config_names, parse_args
+    from bench.ab import parse_args
 
     args = parse_args(
         ["a.yaml", "a.yaml", "b.yaml", "--env", "X=1", "--env-of", "2", "RAY_Y=4", "--env-of", "2", "Z=a=b"]
     )
     assert args.config_env == [{}, {"RAY_Y": "4", "Z": "a=b"}, {}]
-    assert config_names(args.configs, args.config_env) == ["a.yaml", "a.yaml RAY_Y=4 Z=a=b", "b.yaml"]
-    twice = parse_args(["a.yaml", "a.yaml"])
-    with pytest.raises(SystemExit):  # the same config twice with nothing to tell them apart
-        config_names(twice.configs, twice.config_env)
-    for bad in (["--env-of", "3", "K=V"], ["--env-of", "0", "K=V"], ["--env-of", "1", "K"]):
+    assert args.names == ["a.yaml", "a.yaml RAY_Y=4 Z=a=b", "b.yaml"]
+    for bad in (
+        ["a.yaml", "b.yaml", "--env-of", "3", "K=V"],
+        ["a.yaml", "b.yaml", "--env-of", "0", "K=V"],
+        ["a.yaml", "b.yaml", "--env-of", "1", "K"],
+        ["a.yaml", "a.yaml"],  # the two would be measured alike
+        ["a.yaml", "a.yaml", "--env-of", "1", "K=V", "--env-of", "2", "K=V"],
+    ):
         with pytest.raises(SystemExit):
-            parse_args(["a.yaml", "b.yaml", *bad])
+            parse_args(bad)
+    assert parse_args(["a.yaml", "b.yaml", "--env-of", "1", "K=V", "--env-of", "2", "K=V"]).names == [
+        "a.yaml K=V",
+        "b.yaml K=V",
+    ]
