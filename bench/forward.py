@@ -1,4 +1,4 @@
-"""Benchmark the model forward pass alone: eager vs channels_last vs frozen TorchScript.
+"""Benchmark the model forward pass alone: eager vs channels_last vs frozen TorchScript vs ONNX Runtime.
 
     python -m bench.forward [--threads 1] [--batch-sizes 1 8 16 32] [--seconds 3] [--device cpu|cuda]
 
@@ -45,6 +45,10 @@ def main() -> None:
             model_name=args.model, optimize=optimize, num_threads=args.threads, device=args.device
         )
         variants[optimize + "+channels_last"] = TorchModel(settings).forward_uint8
+    if args.device == "cpu":
+        variants["onnxruntime"] = TorchModel(
+            AppSettings(model_name=args.model, optimize="onnxruntime", num_threads=args.threads)
+        ).forward_uint8
     plain = TorchModel(
         AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads, device=args.device)
     )

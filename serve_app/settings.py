@@ -50,8 +50,10 @@ class AppSettings(BaseSettings):
     )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     num_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per replica.")
-    optimize: Literal["torchscript", "eager"] = Field(
-        "torchscript", description="Frozen TorchScript + channels_last, or plain eager mode."
+    optimize: Literal["torchscript", "eager", "onnxruntime"] = Field(
+        "torchscript",
+        description="Frozen TorchScript + channels_last, plain eager mode, or the model exported to ONNX "
+        "at start-up and run by ONNX Runtime (CPU only).",
     )
     limits: Limits = Limits()
 
@@ -59,6 +61,8 @@ class AppSettings(BaseSettings):
     def _url_needs_hash(self) -> AppSettings:
         if self.weights.startswith(("http://", "https://")) and not self.weights_sha256:
             raise ValueError("weights_sha256 is required when weights is a URL")
+        if self.optimize == "onnxruntime" and self.device != "cpu":
+            raise ValueError("optimize: onnxruntime runs on the CPU only; set device: cpu")
         return self
 
 

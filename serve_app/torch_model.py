@@ -29,10 +29,49 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+class OnnxRuntimeForward:
+    """The model exported to ONNX in memory at start-up and run by ONNX Runtime on the CPU.
+
+    Called like the torch module it replaces: a float32 NCHW tensor in, logits out. The batch axis is
+    dynamic, so one session serves every batch size the batcher forms.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...], threads: int):
+        import io
+
+        import onnxruntime
+
+        exported = io.BytesIO()
+        model = model.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter: deprecated, needs no onnxscript
+            torch.onnx.export(
+                model,
+                (torch.zeros((1, *input_shape)),),
+                exported,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(
+            exported.getvalue(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"images": x.contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+
 class TorchModel:
     """A loaded, optimised and warmed-up model that maps image batches to class probabilities."""
 
-    def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] = tuple(range(1, 17))):
+    def __init__(self, settings: AppSettings, warmup_batch_sizes: tuple[int, ...] | None = None):
         started = time.perf_counter()
         torch.set_num_threads(settings.num_threads)
         self.device = resolve_device(settings.device)
@@ -53,6 +92,8 @@ class TorchModel:
                 warnings.simplefilter("ignore", FutureWarning)
                 traced = torch.jit.trace(model, example, check_trace=False)
                 model = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        elif settings.optimize == "onnxruntime":
+            model = OnnxRuntimeForward(model, self.input_shape, settings.num_threads)
         self.model = model
         std = torch.tensor(self.weights.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(self.weights.mean, device=self.device).view(1, 3, 1, 1)
@@ -60,6 +101,11 @@ class TorchModel:
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
         self._warm: set[int] = set()
+        if warmup_batch_sizes is None:
+            # TorchScript specialises per shape, so every size a live reconfigure may ask for (1..16) is
+            # warmed now; ONNX Runtime does not, and its memory arena keeps the largest batch's
+            # activations, so it warms one size here and the sizes in use when the tuning arrives.
+            warmup_batch_sizes = (1,) if settings.optimize == "onnxruntime" else tuple(range(1, 17))
         self.warm_up(warmup_batch_sizes)
         self.load_seconds = time.perf_counter() - started
         log.info(

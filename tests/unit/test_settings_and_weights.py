@@ -22,6 +22,8 @@ def test_invalid_settings_name_the_field():
         AppSettings(colour="red")
     with pytest.raises(ValidationError, match="weights_sha256 is required"):
         AppSettings(weights="https://example.invalid/w.pth")
+    with pytest.raises(ValidationError, match="onnxruntime runs on the CPU only"):
+        AppSettings(optimize="onnxruntime", device="cuda")
     with pytest.raises(ValidationError, match="max_image_pixels"):  # above PIL's own guard (89478485)
         AppSettings(limits={"max_image_pixels": 100_000_000})
     with pytest.raises(ValidationError, match="max_batch_size"):
