@@ -341,6 +341,30 @@ def test_the_gateway_namespace_serves_predictions_and_reaches_only_the_serve_por
     assert all(v == "timeout" for t, v in connect.items() if t not in serve), connect
 
 
+def test_the_operator_puts_the_head_in_the_serve_service_through_the_policies(release):
+    """KubeRay labels the head ray.io/serve=true only when its GET of the head's Serve proxy
+    (:8000/-/healthz, from kuberay-system) answers: the head is then a ready endpoint of the serve
+    Service, the one an upgrade can count on when it moves the Service to a cluster whose workers'
+    probes have not passed yet. Under the policies that GET needs the ray-head policy's serve port."""
+    head = ray_pods(release)["head"]
+    model = model_verdicts(release, {"head": head}, Peer(namespace="kuberay-system", labels={}))
+    assert model[f"{head['status']['podIP']}:{declared_ports(head)['serve']}"], model
+
+    def head_endpoint():
+        slices = get(
+            "endpointslices", namespace=release, selector=f"kubernetes.io/service-name={NAME}-serve-svc"
+        )
+        return any(
+            (e.get("targetRef") or {}).get("name") == head["metadata"]["name"]
+            and (e.get("conditions") or {}).get("ready")
+            for s in slices
+            for e in s.get("endpoints") or []
+        )
+
+    wait_for(head_endpoint, 120, "the head as a ready endpoint of the serve Service", poll_s=5)
+    assert get("pod", head["metadata"]["name"], release)["metadata"]["labels"]["ray.io/serve"] == "true"
+
+
 def test_egress_pods_resolve_names_and_reach_nothing_else_outside_the_release(release):
     """DNS (CoreDNS port 53) is the release pods' only way out of the release: the same CoreDNS pod's
     metrics port is dropped, and reachable once enforcement stops."""

@@ -185,6 +185,7 @@ class ServeEndpoints:
 
     def __init__(self, ns: str):
         self.ns, self.seen, self._stop = ns, [], threading.Event()
+        self.timeline: list[tuple[float, list[str]]] = []  # (wall time, clusters) at every change
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -204,6 +205,7 @@ class ServeEndpoints:
             clusters = sorted({owner.get(p, "?") for p in pods})
             if not self.seen or self.seen[-1] != clusters:
                 self.seen.append(clusters)
+                self.timeline.append((time.time(), clusters))
             time.sleep(1)
 
     def __enter__(self):
@@ -214,6 +216,25 @@ class ServeEndpoints:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+def clock(at: float) -> str:
+    """A wall-clock time as the operator's and the kubelet's logs and the events print it (UTC, ms)."""
+    return f"{time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 1000):03d}"
+
+
+def timeline(load: Load, endpoints: ServeEndpoints, helm_at: float) -> str:
+    """The helm command, the requests not answered 200 (when they ended) and the serve Service's
+    endpoints at every change, in time order: what to lay beside the operator's log."""
+    wall = time.time() - time.monotonic()
+    lines = [f"{clock(helm_at)} helm"]
+    lines += [
+        f"{clock(end + wall)} request not answered 200 after {took:.2f} s"
+        for end, took, ok in load.requests_log
+        if not ok
+    ]
+    lines += [f"{clock(at)} serve Service endpoints: {clusters}" for at, clusters in endpoints.timeline]
+    return "\n".join(sorted(lines))
 
 
 def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path):
@@ -250,20 +271,26 @@ def test_upgrade_and_rollback_under_load_fail_no_request(dev, cat_png, tmp_path)
             before = active_cluster(dev, NAME)
             start = time.monotonic()
             with (
-                Load(f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800) as load,
+                Load(
+                    f"http://127.0.0.1:{port}/predict", cat_png, clients=2, max_seconds=1800, record=True
+                ) as load,
                 ServeEndpoints(dev) as endpoints,
             ):
                 time.sleep(10)  # steady traffic before the change ...
+                helm_at = time.time()
                 helm(*helm_args)
                 after = wait_upgrade_done(dev, before)
                 time.sleep(10)  # ... and after it
             print(
                 f"\n{step}: cluster {before} -> {after} in {time.monotonic() - start:.0f} s; {load.summary()}"
             )
-            assert load.failed == 0, load.summary()
+            assert load.failed == 0, f"{load.summary()}\n{timeline(load, endpoints, helm_at)}"
             assert load.ok > 50, load.summary()
-            # The serve Service (and so a LoadBalancer, which is this Service) never spans two clusters.
+            # The serve Service (and so a LoadBalancer, which is this Service) never spans two clusters,
+            # and is never without a ready pod: KubeRay moves it when the new cluster's apps are RUNNING,
+            # before its workers' readiness probes pass; the head (in the Service) is ready by then.
             assert endpoints.seen and all(len(c) <= 1 for c in endpoints.seen), endpoints.seen
+            assert [] not in endpoints.seen, timeline(load, endpoints, helm_at)
             assert [before] in endpoints.seen and [after] in endpoints.seen, endpoints.seen
             images = {
                 c["image"]

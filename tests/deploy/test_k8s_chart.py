@@ -1058,6 +1058,21 @@ def test_prometheus_can_scrape_every_port_the_ray_podmonitors_name(case):
         assert admits(policies, worker_labels, worker_ports, port, PROMETHEUS), (case, port)
 
 
+@pytest.mark.parametrize("case", RAYSERVICE_CASES)
+def test_the_head_is_in_the_serve_service_and_the_operator_reaches_its_proxy(case):
+    """The head stays in the serve Service (excludeHeadPodFromServeSvc false): in a NewCluster upgrade
+    it is the new cluster's ready endpoint when KubeRay moves the Service, before the workers' probes
+    pass. KubeRay labels it only when its GET of the head's :serve/-/healthz answers, so the policies
+    admit the operator's namespace (kuberay-system) to the head's serve port."""
+    docs = render(case)
+    assert one(docs, "RayService")["spec"]["excludeHeadPodFromServeSvc"] is False
+    labels, ports, _ = ray_pod(docs)
+    policies = by_kind(docs, "NetworkPolicy")
+    assert admits(policies, labels, ports, "serve", Peer(namespace="kuberay-system")), case
+    if policies:
+        assert not admits(policies, labels, ports, "serve", Peer(namespace="elsewhere")), case
+
+
 def test_scrape_check_fails_for_undeclared_or_unadmitted_ports():
     docs = render("default")
     policies = by_kind(docs, "NetworkPolicy")
