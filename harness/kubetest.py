@@ -129,6 +129,17 @@ def is_ready(pod: dict) -> bool:
     return condition(pod, "Ready").get("status") == "True"
 
 
+def ready_endpoints(ns: str, service: str) -> list[str]:
+    """The pods behind the Service's EndpointSlices that are ready (those kube-proxy sends traffic to)."""
+    slices = get("endpointslices", namespace=ns, selector=f"kubernetes.io/service-name={service}")
+    return sorted(
+        e["targetRef"]["name"]
+        for s in slices
+        for e in s.get("endpoints") or []
+        if (e.get("conditions") or {}).get("ready")
+    )
+
+
 # --- the cluster and namespaces -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def cluster() -> dict:

@@ -36,6 +36,7 @@ from harness.kubetest import (
     live_pods,
     pod_metric,
     port_forward,
+    ready_endpoints,
     tag_image,
     wait_for,
     wait_http_ok,
@@ -69,16 +70,6 @@ def ready_pods(ns: str) -> list[str]:
     )
 
 
-def ready_endpoints(ns: str) -> list[str]:
-    slices = get("endpointslices", namespace=ns, selector=f"kubernetes.io/service-name={NAME}")
-    return sorted(
-        e["targetRef"]["name"]
-        for s in slices
-        for e in s.get("endpoints") or []
-        if (e.get("conditions") or {}).get("ready")
-    )
-
-
 def images_served(ns: str, pod: str) -> float:
     return pod_metric(ns, pod, METRICS_PORT, IMAGES_OK, outcome="ok")
 
@@ -104,7 +95,7 @@ def test_three_replicas_available_behind_three_endpoints(app):
     assert deployment["status"]["availableReplicas"] >= 3, deployment["status"]
     pods = ready_pods(app)
     assert len(pods) >= 3, pods
-    assert ready_endpoints(app) == pods
+    assert ready_endpoints(app, NAME) == pods
 
 
 def test_hpa_reads_cpu_from_metrics_server(app):
@@ -164,7 +155,9 @@ def test_a_pod_that_is_not_ready_gets_no_traffic(app, cat_png):
             time.sleep(5)
             kubectl("exec", "-n", app, victim, "--", "/bin/sh", "-c", stop.format(sig="STOP"))
             try:
-                wait_for(lambda: victim not in ready_endpoints(app), 90, f"{victim} out of the endpoints")
+                wait_for(
+                    lambda: victim not in ready_endpoints(app, NAME), 90, f"{victim} out of the endpoints"
+                )
                 pod = get("pod", victim, app)
                 assert condition(pod, "Ready").get("status") == "False", pod["status"]
                 out_at = images_served(app, victim)
@@ -174,7 +167,7 @@ def test_a_pod_that_is_not_ready_gets_no_traffic(app, cat_png):
                 others_later = {p: images_served(app, p) for p in ready_pods(app) if p in others_at}
             finally:
                 kubectl("exec", "-n", app, victim, "--", "/bin/sh", "-c", stop.format(sig="CONT"))
-            wait_for(lambda: victim in ready_endpoints(app), 120, f"{victim} back in the endpoints")
+            wait_for(lambda: victim in ready_endpoints(app, NAME), 120, f"{victim} back in the endpoints")
     print(
         f"\n{victim} while not ready: {out_at} -> {out_later}; others {others_at} -> {others_later}; "
         f"{load.summary()}"
@@ -313,7 +306,7 @@ def test_a_spike_makes_the_hpa_add_a_pod_that_serves_and_it_is_removed_after_the
                     "the new pod Ready",
                     poll_s=2,
                 )[0]
-                wait_for(lambda: new in ready_endpoints(app), 60, f"{new} in the Service's endpoints")
+                wait_for(lambda: new in ready_endpoints(app, NAME), 60, f"{new} in the Service's endpoints")
                 wait_for(lambda: images_served(app, new) > 0, 120, f"{new} serving", poll_s=2)
             hpa = get("hpa", NAME, app)
             print(

@@ -40,6 +40,7 @@ from harness.kubetest import (
     helm_install,
     is_ready,
     kubectl,
+    ready_endpoints,
     serve_applications,
     wait_for,
     wait_rayservice_ready,
@@ -350,19 +351,12 @@ def test_the_operator_puts_the_head_in_the_serve_service_through_the_policies(re
     model = model_verdicts(release, {"head": head}, Peer(namespace="kuberay-system", labels={}))
     assert model[f"{head['status']['podIP']}:{declared_ports(head)['serve']}"], model
 
-    def head_endpoint():
-        slices = get(
-            "endpointslices", namespace=release, selector=f"kubernetes.io/service-name={NAME}-serve-svc"
-        )
-        return any(
-            (e.get("targetRef") or {}).get("name") == head["metadata"]["name"]
-            and (e.get("conditions") or {}).get("ready")
-            for s in slices
-            for e in s.get("endpoints") or []
-        )
-
-    wait_for(head_endpoint, 120, "the head as a ready endpoint of the serve Service", poll_s=5)
-    assert get("pod", head["metadata"]["name"], release)["metadata"]["labels"]["ray.io/serve"] == "true"
+    wait_for(
+        lambda: head["metadata"]["name"] in ready_endpoints(release, f"{NAME}-serve-svc"),
+        120,
+        "the head as a ready endpoint of the serve Service",
+        poll_s=5,
+    )
 
 
 def test_egress_pods_resolve_names_and_reach_nothing_else_outside_the_release(release):

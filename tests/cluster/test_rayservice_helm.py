@@ -36,6 +36,7 @@ from harness.kubetest import (
     kuberay_events,
     port_forward,
     rayservice,
+    ready_endpoints,
     render,
     run,
     serve_applications,
@@ -189,15 +190,7 @@ class ServeEndpoints:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            slices = get(
-                "endpointslices", namespace=self.ns, selector=f"kubernetes.io/service-name={NAME}-serve-svc"
-            )
-            pods = {
-                e["targetRef"]["name"]
-                for s in slices
-                for e in s.get("endpoints") or []
-                if (e.get("conditions") or {}).get("ready")
-            }
+            pods = ready_endpoints(self.ns, f"{NAME}-serve-svc")
             owner = {
                 p["metadata"]["name"]: p["metadata"]["labels"].get("ray.io/cluster")
                 for p in get("pods", namespace=self.ns, selector="ray.io/cluster")
