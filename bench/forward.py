@@ -4,7 +4,8 @@
 
 Prints images/s per variant and batch size, then each variant on a mixed stream of batch sizes
 1..8 (what the batcher forms under load) after every size was warmed up; the fastest variant is the
-serving default.
+serving default. Last, what the model replica spends per image turning the ingress's uint8 NHWC batch
+into the forward's float input (``TorchModel.normalize``, in each layout), beside the forward's share.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from serve_app.settings import AppSettings
-from serve_app.torch_model import TorchModel
+from serve_app.torch_model import OnnxRuntimeForward, TorchModel
 
 
 def images_per_second(fn, batch: np.ndarray, seconds: float) -> float:
@@ -39,16 +40,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    variants = {}
+    models = {}
     for optimize in ("eager", "torchscript"):
         settings = AppSettings(
             model_name=args.model, optimize=optimize, num_threads=args.threads, device=args.device
         )
-        variants[optimize + "+channels_last"] = TorchModel(settings).forward_uint8
+        models[optimize + "+channels_last"] = TorchModel(settings)
     if args.device == "cpu":
-        variants["onnxruntime"] = TorchModel(
+        models["onnxruntime"] = TorchModel(
             AppSettings(model_name=args.model, optimize="onnxruntime", num_threads=args.threads)
-        ).forward_uint8
+        )
+    variants = {name: model.forward_uint8 for name, model in models.items()}
     plain = TorchModel(
         AppSettings(model_name=args.model, optimize="eager", num_threads=args.threads, device=args.device)
     )
@@ -76,6 +78,26 @@ def main() -> None:
             fn(pool[b])
         row.append(sum(mixed) / (time.perf_counter() - started))
         print(f"{name:28s}" + "".join(f"  {v:8.1f}" for v in row), flush=True)
+    print("\nnormalize only (uint8 NHWC -> the forward's float input), microseconds per image:")
+    for name, model in models.items():
+        run = normalize_only(model)
+        row = "".join(
+            f"  bs={b}: {1e6 / images_per_second(run, pool[b], args.seconds / 2):6.1f}" for b in (1, 4, 8)
+        )
+        print(f"{name:28s}{row}", flush=True)
+
+
+def normalize_only(model: TorchModel):
+    onnx = isinstance(model.model, OnnxRuntimeForward)
+
+    def run(batch: np.ndarray) -> None:
+        with torch.inference_mode():
+            x = model.normalize(batch)
+            if onnx:  # what OnnxRuntimeForward does before the session runs (no copy if NCHW already)
+                x = x.contiguous()
+            x.cpu()  # on a GPU, wait for it
+
+    return run
 
 
 if __name__ == "__main__":

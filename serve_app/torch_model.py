@@ -1,8 +1,9 @@
 """The torchvision classifier itself, independent of Ray: load, optimise, warm up, predict.
 
 Input is a batch of uint8 HWC images (what the ingress sends); normalisation is done here once for the
-whole batch as a single fused multiply-add on a channels_last view, so no per-image float tensor ever
-crosses a process boundary.
+whole batch, in one pass that reads the uint8 pixels and writes the float input straight in the memory
+layout the forward wants (channels_last for torch, NCHW for ONNX Runtime), so no per-image float tensor
+ever crosses a process boundary.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class OnnxRuntimeForward:
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchModel hands it NCHW-contiguous input (``memory_format``), so this is no copy.
         (logits,) = self.session.run(None, {"images": x.contiguous().numpy()})
         return torch.from_numpy(logits)
 
@@ -95,6 +97,10 @@ class TorchModel:
         elif settings.optimize == "onnxruntime":
             model = OnnxRuntimeForward(model, self.input_shape, settings.num_threads)
         self.model = model
+        # The layout the forward's input is written in: ONNX Runtime takes NCHW, torch runs channels_last.
+        self._memory_format = (
+            torch.contiguous_format if isinstance(model, OnnxRuntimeForward) else torch.channels_last
+        )
         std = torch.tensor(self.weights.std, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(self.weights.mean, device=self.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std  ==  x * scale + shift
@@ -133,9 +139,15 @@ class TorchModel:
         return len(self.weights.categories)
 
     def normalize(self, batch_nhwc: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC -> normalised float32 NCHW in channels_last memory (no layout copy)."""
+        """uint8 NHWC -> normalised float32 NCHW, laid out as the forward wants it, in one pass.
+
+        ``addcmul`` reads the uint8 pixels through the permuted view and casts as it goes: no float copy
+        of the batch before it and no layout copy after it (half the CPU of float(), then addcmul,
+        then contiguous(); docs/PERFORMANCE.md).
+        """
         x = torch.from_numpy(batch_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return torch.addcmul(self._shift, x.float(), self._scale)
+        out = torch.empty(x.shape, dtype=torch.float32, device=self.device, memory_format=self._memory_format)
+        return torch.addcmul(self._shift, x, self._scale, out=out)
 
     @torch.inference_mode()
     def forward_uint8(self, batch_nhwc: np.ndarray) -> np.ndarray:
@@ -145,7 +157,7 @@ class TorchModel:
     @torch.inference_mode()
     def forward_normalized(self, batch_nchw: np.ndarray) -> np.ndarray:
         """Class probabilities for already-normalised float32 input ``(N, 3, H, W)``."""
-        x = torch.from_numpy(batch_nchw).to(self.device).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(batch_nchw).to(self.device).contiguous(memory_format=self._memory_format)
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
