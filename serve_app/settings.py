@@ -58,7 +58,8 @@ class AppSettings(BaseSettings):
     limits: Limits = Limits()
 
     @model_validator(mode="after")
-    def _url_needs_hash(self) -> AppSettings:
+    def _consistent(self) -> AppSettings:
+        """Settings that are valid alone but not together."""
         if self.weights.startswith(("http://", "https://")) and not self.weights_sha256:
             raise ValueError("weights_sha256 is required when weights is a URL")
         if self.optimize == "onnxruntime" and self.device != "cpu":
