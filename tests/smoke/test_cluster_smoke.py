@@ -152,30 +152,41 @@ def test_rendered_objects_exist_as_rendered(api_client, rendered, workload_ready
 
 
 def test_serving_pods_are_running_and_ready(api_client, rendered, workload_ready):
+    """Every serving pod Running and Ready, within a short wait: with the head in the serve Service (the
+    chart's default), KubeRay marks the RayService Ready as soon as the head's proxy answers, and a worker
+    passes its own probe (KubeRay's, every 5 s) a few seconds later."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
-    if workload_ready["mode"] == "rayservice":
-        # KubeRay labels the pods of the cluster it created for the RayService.
-        pods = [
-            p for p in pods if "ray.io/node-type" in (p.metadata.labels or {})
-        ] or core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
-        types = [p.metadata.labels["ray.io/node-type"] for p in pods if p.status.phase == "Running"]
-        assert "head" in types and "worker" in types, types
-    else:
-        spec_replicas = by_kind(rendered, "Deployment")[0]["spec"].get("replicas")
-        hpa = by_kind(rendered, "HorizontalPodAutoscaler")
-        expected = hpa[0]["spec"]["minReplicas"] if hpa else (spec_replicas or 1)
-        assert len([p for p in pods if p.status.phase == "Running"]) >= expected, [
-            (p.metadata.name, p.status.phase) for p in pods
+
+    def pods_ready():
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}"
+        ).items
+        if workload_ready["mode"] == "rayservice":
+            # KubeRay labels the pods of the cluster it created for the RayService.
+            pods = [
+                p for p in pods if "ray.io/node-type" in (p.metadata.labels or {})
+            ] or core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
+            types = [p.metadata.labels["ray.io/node-type"] for p in pods if p.status.phase == "Running"]
+            enough = "head" in types and "worker" in types
+        else:
+            spec_replicas = by_kind(rendered, "Deployment")[0]["spec"].get("replicas")
+            hpa = by_kind(rendered, "HorizontalPodAutoscaler")
+            expected = hpa[0]["spec"]["minReplicas"] if hpa else (spec_replicas or 1)
+            enough = len([p for p in pods if p.status.phase == "Running"]) >= expected
+        state = [
+            (
+                p.metadata.name,
+                p.status.phase,
+                "ready" if all(c.ready for c in p.status.container_statuses or []) else "not ready",
+            )
+            for p in pods
         ]
-    not_ready = [
-        p.metadata.name
-        for p in pods
-        if p.status.phase == "Running" and not all(c.ready for c in p.status.container_statuses or [])
-    ]
-    assert not not_ready, not_ready
+        return enough and all(ready == "ready" for _, phase, ready in state if phase == "Running"), state
+
+    state = wait_for(pods_ready, min(READY_TIMEOUT_S, 180), "the serving pods Running and Ready", poll_s=2)
+    print(f"\nserving pods: {state}")
 
 
 def test_predict_a_cat_through_a_port_forward(api_client, rendered, workload_ready, cat_png):
