@@ -1,9 +1,8 @@
 """The torchvision classifier itself, independent of Ray: load, optimise, warm up, predict.
 
 Input is a batch of uint8 HWC images (what the ingress sends); normalisation is done here once for the
-whole batch, in one pass that reads the uint8 pixels and writes the float input straight in the memory
-layout the forward wants (channels_last for torch, NCHW for ONNX Runtime), so no per-image float tensor
-ever crosses a process boundary.
+whole batch, written straight in the memory layout the forward wants (channels_last for torch, NCHW for
+ONNX Runtime), so no per-image float tensor ever crosses a process boundary and none is copied again.
 """
 
 from __future__ import annotations
@@ -139,11 +138,11 @@ class TorchModel:
         return len(self.weights.categories)
 
     def normalize(self, batch_nhwc: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC -> normalised float32 NCHW, laid out as the forward wants it, in one pass.
+        """uint8 NHWC -> normalised float32 NCHW, written straight in the layout the forward wants.
 
-        ``addcmul`` reads the uint8 pixels through the permuted view and casts as it goes: no float copy
-        of the batch before it and no layout copy after it (half the CPU of float(), then addcmul,
-        then contiguous(); docs/PERFORMANCE.md).
+        ``addcmul`` promotes the uint8 pixels to float and writes the multiply-add into ``out``, laid out
+        for the forward: no layout copy after it (for ONNX Runtime half the CPU of the float copy,
+        multiply-add in channels_last and NCHW copy it replaced; docs/PERFORMANCE.md).
         """
         x = torch.from_numpy(batch_nhwc).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         out = torch.empty(x.shape, dtype=torch.float32, device=self.device, memory_format=self._memory_format)
