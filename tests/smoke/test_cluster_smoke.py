@@ -158,32 +158,29 @@ def test_serving_pods_are_running_and_ready(api_client, rendered, workload_ready
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
+    rayservice = workload_ready["mode"] == "rayservice"
+    if not rayservice:
+        spec_replicas = by_kind(rendered, "Deployment")[0]["spec"].get("replicas")
+        hpa = by_kind(rendered, "HorizontalPodAutoscaler")
+        expected = hpa[0]["spec"]["minReplicas"] if hpa else (spec_replicas or 1)
 
     def pods_ready():
         pods = core.list_namespaced_pod(
             NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}"
         ).items
-        if workload_ready["mode"] == "rayservice":
+        if rayservice:
             # KubeRay labels the pods of the cluster it created for the RayService.
             pods = [
                 p for p in pods if "ray.io/node-type" in (p.metadata.labels or {})
             ] or core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
-            types = [p.metadata.labels["ray.io/node-type"] for p in pods if p.status.phase == "Running"]
-            enough = "head" in types and "worker" in types
+        running = [p for p in pods if p.status.phase == "Running"]
+        if rayservice:
+            enough = {"head", "worker"} <= {p.metadata.labels["ray.io/node-type"] for p in running}
         else:
-            spec_replicas = by_kind(rendered, "Deployment")[0]["spec"].get("replicas")
-            hpa = by_kind(rendered, "HorizontalPodAutoscaler")
-            expected = hpa[0]["spec"]["minReplicas"] if hpa else (spec_replicas or 1)
-            enough = len([p for p in pods if p.status.phase == "Running"]) >= expected
-        state = [
-            (
-                p.metadata.name,
-                p.status.phase,
-                "ready" if all(c.ready for c in p.status.container_statuses or []) else "not ready",
-            )
-            for p in pods
-        ]
-        return enough and all(ready == "ready" for _, phase, ready in state if phase == "Running"), state
+            enough = len(running) >= expected
+        ready = {p.metadata.name: all(c.ready for c in p.status.container_statuses or []) for p in running}
+        state = [(p.metadata.name, p.status.phase, ready.get(p.metadata.name, False)) for p in pods]
+        return enough and all(ready.values()), state
 
     state = wait_for(pods_ready, min(READY_TIMEOUT_S, 180), "the serving pods Running and Ready", poll_s=2)
     print(f"\nserving pods: {state}")
