@@ -2,7 +2,8 @@
 
     python -m bench.ab serve_config.yaml candidate.yaml [more.yaml ...]
                        [--rounds 6] [--concurrency 8 32] [--duration 15] [--warmup 2]
-                       [--env K=V ...] [--env-of N K=V ...] [--out artifacts/bench] [--label ab]
+                       [--env K=V ...] [--env-of N K=V ...] [--code-of N DIR ...]
+                       [--out artifacts/bench] [--label ab]
 
 A shared VM's speed drifts by tens of percent within minutes (``bench.serving`` prints a probe of it),
 so two configs measured one after the other compare the host as much as the configs. Here every
@@ -17,6 +18,9 @@ writes ``<label>.json`` into ``--out``.
 ``--env`` sets a Ray process setting for every cluster; ``--env-of N K=V`` for the N-th config's
 cluster only (1 is the baseline), so a process setting is compared with the same Serve config given
 twice: ``python -m bench.ab serve_config.yaml serve_config.yaml --env-of 2 RAY_SERVE_HAPROXY_NBTHREAD=1``.
+``--code-of N DIR`` runs the N-th config's cluster on another checkout's code, so a code change is
+compared the same way: ``git worktree add /tmp/ab/base HEAD~1``, then ``python -m bench.ab
+serve_config.yaml serve_config.yaml --code-of 1 /tmp/ab/base``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar=("N", "K=V"),
         help="K=V for the N-th config's cluster only (1 = the baseline)",
     )
+    p.add_argument(
+        "--code-of",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("N", "DIR"),
+        help="the N-th config's cluster runs the serve_app of the checkout DIR (a git worktree)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
     p.add_argument("--label", default="ab")
     args = p.parse_args(argv)
@@ -63,17 +75,29 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--env-of {n} {kv}: N is 1..{len(args.configs)}, then K=V")
         key, value = kv.split("=", 1)
         args.config_env[int(n) - 1][key] = value
-    args.names = config_names(args.configs, args.config_env)
+    args.config_code = [REPO for _ in args.configs]
+    for n, directory in args.code_of:
+        if not n.isdigit() or not 1 <= int(n) <= len(args.configs):
+            p.error(f"--code-of {n} {directory}: N is 1..{len(args.configs)}")
+        if not (Path(directory) / "serve_app").is_dir():
+            p.error(f"--code-of {n} {directory}: no serve_app there")
+        args.config_code[int(n) - 1] = Path(directory).resolve()
+    args.names = config_names(args.configs, args.config_env, args.config_code)
     if len(set(args.names)) != len(args.names):
         p.error(f"two configs would be measured alike: {args.names}")
     return args
 
 
-def config_names(configs: list[Path], config_env: list[dict[str, str]]) -> list[str]:
-    """A name per config: its path, and the settings only its cluster has."""
+def config_names(
+    configs: list[Path], config_env: list[dict[str, str]], config_code: list[Path] | None = None
+) -> list[str]:
+    """A name per config: its path, and the settings and the code only its cluster has."""
+    codes = config_code or [REPO] * len(configs)
     return [
-        str(path) + "".join(f" {k}={v}" for k, v in sorted(env.items()))
-        for path, env in zip(configs, config_env, strict=True)
+        str(path)
+        + "".join(f" {k}={v}" for k, v in sorted(env.items()))
+        + ("" if code == REPO else f" code={code}")
+        for path, env, code in zip(configs, config_env, codes, strict=True)
     ]
 
 
@@ -128,8 +152,10 @@ def main(argv=None) -> int:
     results: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in args.concurrency} for n in names}
     with contextlib.ExitStack() as stack:
         clusters = []
-        for name, path, own_env in zip(names, args.configs, args.config_env, strict=True):
-            cluster = stack.enter_context(RayCluster(num_cpus=2, env={**env, **own_env}))
+        for name, path, own_env, code in zip(
+            names, args.configs, args.config_env, args.config_code, strict=True
+        ):
+            cluster = stack.enter_context(RayCluster(num_cpus=2, env={**env, **own_env}, code_dir=code))
             cluster.deploy(yaml.safe_load(path.read_text()))
             wait_ready(cluster.serve_url)
             warm_up(cluster.serve_url, [small_jpeg()], 10)
@@ -180,6 +206,7 @@ def main(argv=None) -> int:
                 "rounds": args.rounds,
                 "env": env,
                 "env_of": dict(zip(names, args.config_env, strict=True)),
+                "code_of": {n: str(c) for n, c in zip(names, args.config_code, strict=True)},
                 "duration_s": args.duration,
                 "runs": results,
                 "summary": summary,

@@ -81,6 +81,9 @@ class RayCluster:
 
     num_cpus: int = 2
     env: dict[str, str] = field(default_factory=serve_env)
+    # The checkout whose serve_app the cluster runs: its workers import from their working directory
+    # first (the raylet's, where `ray start` ran), so both PYTHONPATH and the working directory.
+    code_dir: Path = REPO
     serve_port: int = 0  # 0: a free port
     dashboard_port: int = 0  # 0: a free port
     metrics_port: int = 0  # 0: a free port
@@ -134,7 +137,7 @@ class RayCluster:
                 RAY_SERVE_HAPROXY_SERVER_STATE_FILE=f"{state}/server-state",
                 RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=f"{state}/metrics.sock",
             )
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code_dir), env.get("PYTHONPATH")]))
         return env
 
     def start(self) -> RayCluster:
@@ -170,7 +173,9 @@ class RayCluster:
             "--max-worker-port=29999",
         ]
         try:
-            result = subprocess.run(cmd, env=self.process_env(), capture_output=True, text=True, timeout=120)
+            result = subprocess.run(
+                cmd, env=self.process_env(), cwd=self.code_dir, capture_output=True, text=True, timeout=120
+            )
             if result.returncode != 0:
                 raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
             self._wait(
