@@ -59,6 +59,7 @@ class ClassificationPipeline:
         self.group = group or self._ungrouped
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
         self.admission = admission or Admission(max_wait_s=0.0)
+        self.model_calls = 0  # ``call_model`` calls out at the model now
 
     async def require_ready(self, timeout_s: float) -> dict:
         """The model answers within ``timeout_s``, or a 503 ``not_ready``."""
@@ -101,7 +102,11 @@ class ClassificationPipeline:
 
     async def call_model(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """One model call for a group of decoded images (what ``group`` collects)."""
-        return list(await self._model.classify_uint8.remote(np.stack(arrays)))
+        self.model_calls += 1
+        try:
+            return list(await self._model.classify_uint8.remote(np.stack(arrays)))
+        finally:
+            self.model_calls -= 1
 
     async def _ungrouped(self, array: np.ndarray) -> np.ndarray:
         return (await self.call_model([array]))[0]

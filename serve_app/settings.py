@@ -100,7 +100,8 @@ class IngressTuning(BaseModel):
         0.002,
         ge=0.0,
         le=1.0,
-        description="How long an image may wait for others to share its model call.",
+        description="How long an image may wait for others to share its model call, while calls of "
+        "this ingress replica are out at the model (with none out, a call leaves at once).",
     )
     max_expected_wait_s: float = Field(
         0.35,

@@ -126,6 +126,59 @@ def test_the_group_decides_how_images_reach_the_model():
     assert [args[0].shape[0] for args in model.calls] == [2, 2]
 
 
+def test_the_pipeline_counts_its_model_calls_out_at_the_model():
+    """``model_calls``: what the ingress's grouping reads to decide whether an image waits for company."""
+    model = FakeModel()
+    model.classify_uint8.delay_s = 0.05  # each call stays out a while
+    pipe, _ = pipeline(model)
+    seen: list[int] = []
+
+    async def two_calls():
+        async def call(grey):
+            seen.append(pipe.model_calls)
+            return await pipe.call_model([np.full((24, 24, 3), grey, np.uint8)])
+
+        first = asyncio.ensure_future(call(1))
+        await asyncio.sleep(0)  # the first call is out
+        await asyncio.gather(first, call(2))
+
+    run(two_calls())
+    assert seen == [0, 1] and pipe.model_calls == 0
+    failing, _ = pipeline(FakeModel(fail=RayActorError()))
+    with pytest.raises(RayActorError):
+        run(failing.call_model([np.zeros((24, 24, 3), np.uint8)]))
+    assert failing.model_calls == 0  # a failed call is no longer out
+
+
+def test_the_ingress_waits_for_company_only_while_its_calls_are_out():
+    """``ImageIngress._group_image``: an image waits up to ``model_call_wait_s`` for others to share
+    its model call while the replica has calls out at the model, and not at all with none out."""
+    from types import SimpleNamespace
+
+    from serve_app import ingress
+
+    class Group:  # the @serve.batch method: its wait is set before each image goes in
+        def __init__(self):
+            self.waits: list[float] = []
+
+        def set_batch_wait_timeout_s(self, wait_s: float) -> None:
+            self.waits.append(wait_s)
+
+        async def __call__(self, array):
+            return array
+
+    group_image = ingress.ImageIngress.func_or_class._group_image
+    replica = SimpleNamespace(
+        _group=Group(),
+        _tuning=SimpleNamespace(model_call_wait_s=0.01),
+        _pipeline=SimpleNamespace(model_calls=0),
+    )
+    assert run(group_image(replica, "image")) == "image"
+    replica._pipeline.model_calls = 3
+    run(group_image(replica, "image"))
+    assert replica._group.waits == [0.0, 0.01]
+
+
 def test_a_bad_image_fails_the_request_before_any_model_call():
     model = FakeModel()
     pipe, metrics = pipeline(model)
