@@ -176,3 +176,25 @@ def test_ab_gives_a_process_setting_to_one_config_and_names_it_apart():
         "a.yaml K=V",
         "b.yaml K=V",
     ]
+
+
+def test_ab_runs_one_config_on_another_checkouts_code(tmp_path):
+    from bench.ab import parse_args
+    from harness.ray_cluster import RayCluster
+
+    (tmp_path / "serve_app").mkdir()
+    args = parse_args(["a.yaml", "a.yaml", "--code-of", "1", str(tmp_path)])
+    assert args.config_code[0] == tmp_path.resolve() and args.names == [
+        f"a.yaml code={tmp_path.resolve()}",
+        "a.yaml",
+    ]
+    for bad in (
+        ["a.yaml", "a.yaml", "--code-of", "3", str(tmp_path)],
+        ["a.yaml", "a.yaml", "--code-of", "1", str(tmp_path / "nothing-here")],  # no serve_app
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    # The cluster imports that checkout first: on PYTHONPATH, and as the working directory of
+    # `ray start` (Ray's workers import from theirs before PYTHONPATH).
+    cluster = RayCluster(env={}, code_dir=tmp_path, temp_dir=str(tmp_path / "ray"))
+    assert cluster.process_env()["PYTHONPATH"].split(":")[0] == str(tmp_path)
