@@ -100,7 +100,7 @@ def test_admission_refuses_at_once_what_would_wait_past_the_limit(
     ray_cluster, base_url, cat_png, http, restore_config
 ):
     """Admission by expected wait (serve_app.admission): with a slow model (one image per forward) and
-    a 0.2 s limit, 40 clients are far past what the replicas answer in time; once the ingress has
+    a 0.2 s limit, 64 clients are far past what the replicas answer in time; once the ingress has
     learned its rate, the excess gets an immediate 503 overloaded with Retry-After, the rest is served,
     and nothing else fails."""
     config = copy.deepcopy(load_serve_config())
@@ -112,7 +112,7 @@ def test_admission_refuses_at_once_what_would_wait_past_the_limit(
         max_images_per_model_call=1, max_expected_wait_s=0.2
     )
     ray_cluster.deploy(config)
-    responses = burst(base_url, cat_png, clients=40, per_client=8)
+    responses = burst(base_url, cat_png, clients=64, per_client=8)
     ok = [r for r in responses if r.status_code == 200]
     shed = [r for r in responses if r.status_code == 503]
     assert len(ok) + len(shed) == len(responses), sorted({r.status_code for r in responses})
